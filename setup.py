@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="limaml-tf",
+    version="0.1.0",
+    description="LiMAML: personalize deep recommender models with meta learning (TensorFlow / Keras 3).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["limaml_tf", "limaml_tf.*", "beam_pipelines", "beam_pipelines.*"]),
+    package_data={"limaml_tf": ["feature_repo/*.py", "feature_repo/*.yaml"]},
+    install_requires=[
+        "tensorflow==2.21.0",
+        "keras>=3.13,<4",
+        "keras-rs==0.4.0",
+        "numpy>=1.26,<3",
+        "pandas>=2.2,<3",
+        "pyarrow>=16",
+        "scikit-learn>=1.5",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "beam": ["apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1"],
+        "serving": ["tensorflow-serving-api==2.21.0", "grpcio>=1.60"],
+        "feast": ["feast[redis]==0.67.0", "fakeredis>=2.20"],
+        "test": ["pytest>=8"],
+        "all": [
+            "apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1",
+            "tensorflow-serving-api==2.21.0", "grpcio>=1.60",
+            "feast[redis]==0.67.0", "fakeredis>=2.20", "pytest>=8",
+        ],
+    },
+    entry_points={"console_scripts": ["limaml=limaml_tf.cli:main"]},
+)
