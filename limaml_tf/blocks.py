@@ -1,0 +1,206 @@
+"""Meta blocks and global blocks.
+
+The contract (any Keras layer or model can be a block):
+
+* a **meta block** is called on the dict of *encoded* features (see
+  `limaml_tf.features`) of a batch of samples and returns the meta embedding,
+  shape [batch, d]. It reads whatever keys it needs (usually the meta features).
+* a **global block** is called on the same dict plus the key `"meta_embedding"`
+  and returns logits, shape [batch] or [batch, 1].
+
+During the inner loop the model adapts *all trainable weights* of the meta block
+per task, through `stateless_call`. A meta block whose weights are mostly a large
+table (an ID embedding) can instead adapt only the rows a task touches by
+implementing two pure functions (see `IDEmbeddingMetaBlock`):
+
+    task_parameters(weights, features) -> list of per-task tensors
+    call_with_task_parameters(params, features) -> [batch, d]
+
+where `weights` are the values of `self.trainable_variables` and `features` are
+one task's samples. The outer gradient reaches the table through the gather.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from limaml_tf.features import Feature
+
+
+def _as_features(features) -> list[Feature]:
+    return [f if isinstance(f, Feature) else Feature(**{**f, "vocabulary": tuple(f["vocabulary"])
+                                                         if f.get("vocabulary") else None})
+            for f in features]
+
+
+@keras.saving.register_keras_serializable("limaml_tf")
+class FeatureEmbedding(keras.layers.Layer):
+    """Encoded features -> one dense vector: embeddings of categorical / multi-valued features
+    (multi-valued mean-pooled over non-padding ids) concatenated with the numeric values."""
+
+    def __init__(self, features, embedding_dim: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.features = _as_features(features)
+        self.embedding_dim = embedding_dim
+        self.embeddings = {
+            f.name: keras.layers.Embedding(f.cardinality, embedding_dim, name=f"{f.name}_embedding")
+            for f in self.features if f.kind != "numeric"
+        }
+
+    def call(self, inputs):
+        parts = []
+        for f in self.features:
+            x = inputs[f.name]
+            if f.kind == "numeric":
+                parts.append(tf.reshape(tf.cast(x, self.compute_dtype), [-1, 1]))
+            elif f.kind == "categorical":
+                parts.append(self.embeddings[f.name](x))
+            else:
+                mask = tf.cast(x > 0, self.compute_dtype)[..., None]
+                summed = tf.reduce_sum(self.embeddings[f.name](x) * mask, axis=-2)
+                parts.append(summed / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0))
+        return tf.concat(parts, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "features": [f.to_dict() for f in self.features],
+                "embedding_dim": self.embedding_dim}
+
+
+def _mlp(units, activation, name):
+    return [keras.layers.Dense(u, activation=activation, name=f"{name}_{i}") for i, u in enumerate(units)]
+
+
+@keras.saving.register_keras_serializable("limaml_tf")
+class MLPMetaBlock(keras.layers.Layer):
+    """Meta features -> MLP -> meta embedding of size `output_dim`."""
+
+    def __init__(self, features, output_dim: int = 8, hidden_units=(32,), embedding_dim: int = 4,
+                 activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        self.output_dim, self.hidden_units = output_dim, tuple(hidden_units)
+        self.embedding_dim, self.activation = embedding_dim, activation
+        self.inputs_layer = FeatureEmbedding(features, embedding_dim, name="meta_inputs")
+        self.hidden = _mlp(self.hidden_units, activation, "meta_hidden")
+        self.out = keras.layers.Dense(output_dim, name="meta_embedding")
+
+    def call(self, inputs):
+        x = self.inputs_layer(inputs)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x)
+
+    def get_config(self):
+        return {**super().get_config(), "features": [f.to_dict() for f in self.inputs_layer.features],
+                "output_dim": self.output_dim, "hidden_units": self.hidden_units,
+                "embedding_dim": self.embedding_dim, "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable("limaml_tf")
+class IDEmbeddingMetaBlock(keras.layers.Layer):
+    """Meta embedding = base + table[id(task)]: a learned per-task ID embedding.
+
+    `feature` is the categorical feature holding the task's ID (constant within a task).
+    Row 0 of the table (id 0: a key outside the feature's vocabulary, i.e. a task never seen
+    in training) is held at zero, so an unseen task starts from `base`, the population
+    prior; `base` is trained by every task, so MAML meta-learns it as the init for new tasks.
+    The inner loop adapts only the task's own row (a [d] vector), never the whole table.
+    """
+
+    def __init__(self, feature: Feature | dict, output_dim: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.feature = _as_features([feature])[0]
+        if self.feature.kind != "categorical":
+            raise ValueError(f"IDEmbeddingMetaBlock: feature {self.feature.name!r} must be categorical")
+        self.output_dim = output_dim
+
+    def build(self, input_shape=None):
+        self.base = self.add_weight((self.output_dim,), initializer="zeros", name="base")
+        self.table = self.add_weight((self.feature.cardinality, self.output_dim),
+                                     initializer=keras.initializers.RandomNormal(stddev=0.01), name="table")
+
+    def _rows(self, base, table, ids):
+        known = tf.cast(ids > 0, table.dtype)[..., None]
+        return base + tf.gather(table, ids) * known
+
+    def call(self, inputs):
+        return self._rows(self.base, self.table, inputs[self.feature.name])
+
+    def task_parameters(self, weights, features):
+        base, table = weights
+        return [self._rows(base, table, features[self.feature.name][0])]
+
+    def call_with_task_parameters(self, params, features):
+        n = tf.shape(features[self.feature.name])[0]
+        return tf.tile(params[0][None, :], [n, 1])
+
+    def get_config(self):
+        return {**super().get_config(), "feature": self.feature.to_dict(), "output_dim": self.output_dim}
+
+
+class _GlobalBlockBase(keras.layers.Layer):
+    def __init__(self, features, embedding_dim: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_dim = embedding_dim
+        self.inputs_layer = FeatureEmbedding(features, embedding_dim, name="global_inputs")
+
+    def _inputs(self, inputs):
+        return tf.concat([self.inputs_layer(inputs), tf.cast(inputs["meta_embedding"], self.compute_dtype)], -1)
+
+    def get_config(self):
+        return {**super().get_config(), "features": [f.to_dict() for f in self.inputs_layer.features],
+                "embedding_dim": self.embedding_dim}
+
+
+@keras.saving.register_keras_serializable("limaml_tf")
+class MLPGlobalBlock(_GlobalBlockBase):
+    """[other features, meta embedding] -> MLP -> logit."""
+
+    def __init__(self, features, hidden_units=(64, 32), embedding_dim: int = 8, activation: str = "relu",
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(features, embedding_dim, **kwargs)
+        self.hidden_units, self.activation, self.dropout = tuple(hidden_units), activation, dropout
+        self.hidden = _mlp(self.hidden_units, activation, "global_hidden")
+        self.drop = keras.layers.Dropout(dropout) if dropout else None
+        self.logit = keras.layers.Dense(1, name="logit")
+
+    def call(self, inputs, training=False):
+        x = self._inputs(inputs)
+        for layer in self.hidden:
+            x = layer(x)
+            if self.drop is not None:
+                x = self.drop(x, training=training)
+        return self.logit(x)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units, "activation": self.activation,
+                "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable("limaml_tf")
+class DCNGlobalBlock(_GlobalBlockBase):
+    """DCN-v2: [other features, meta embedding] -> keras-rs FeatureCross layers -> MLP -> logit."""
+
+    def __init__(self, features, num_cross_layers: int = 2, projection_dim: int | None = None,
+                 hidden_units=(64, 32), embedding_dim: int = 8, **kwargs):
+        super().__init__(features, embedding_dim, **kwargs)
+        import keras_rs
+
+        self.num_cross_layers, self.projection_dim = num_cross_layers, projection_dim
+        self.hidden_units = tuple(hidden_units)
+        self.cross = [keras_rs.layers.FeatureCross(projection_dim=projection_dim, name=f"cross_{i}")
+                      for i in range(num_cross_layers)]
+        self.hidden = _mlp(self.hidden_units, "relu", "global_hidden")
+        self.logit = keras.layers.Dense(1, name="logit")
+
+    def call(self, inputs):
+        x0 = x = self._inputs(inputs)
+        for layer in self.cross:
+            x = layer(x0, x)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.logit(x)
+
+    def get_config(self):
+        return {**super().get_config(), "num_cross_layers": self.num_cross_layers,
+                "projection_dim": self.projection_dim, "hidden_units": self.hidden_units}

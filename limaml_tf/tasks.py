@@ -1,0 +1,200 @@
+"""Samples grouped into tasks, split by time, padded to fixed-shape task batches.
+
+A *task bundle* is a dict of fixed-shape arrays for T tasks:
+
+  task_key        [T]            string
+  support         {feature: [T, S, ...]}   raw feature values
+  support_label   [T, S]         float32
+  support_mask    [T, S]         float32, 1 = real sample, 0 = padding
+  support_time    [T, S]         float64 (seconds), for leakage checks / "latest"
+  query, query_label, query_mask, query_time    the same with Q slots
+
+Within a task, samples are in time order; padded slots repeat the task's last
+real sample (so every slot holds valid feature values) and carry mask 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from limaml_tf.features import FeatureError, FeatureSpec
+
+SETS = ("support", "query")
+
+
+def _sorted(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Rows sorted by (task, time), ties broken by original row order (stable)."""
+    ts = df[spec.timestamp]
+    if pd.api.types.is_datetime64_any_dtype(ts):
+        ts = ts.astype("int64") / 1e9
+    out = df.assign(_t=ts.astype("float64"), _row=np.arange(len(df)))
+    out[spec.task_key] = out[spec.task_key].astype(str)
+    return out.sort_values([spec.task_key, "_t", "_row"], kind="stable").reset_index(drop=True)
+
+
+def keep_most_recent(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None) -> pd.DataFrame:
+    """Sorted by (task, time); keeps each task's most recent `max_samples_per_task` samples."""
+    df = _sorted(df, spec)
+    if max_samples_per_task:
+        from_end = df.groupby(spec.task_key, sort=False).cumcount(ascending=False)
+        df = df[from_end < max_samples_per_task].reset_index(drop=True)
+    return df
+
+
+@dataclasses.dataclass
+class TaskSet:
+    """All tasks of a dataset as padded numpy arrays (see module docstring)."""
+
+    spec: FeatureSpec
+    arrays: dict
+
+    def __len__(self) -> int:
+        return len(self.arrays["task_key"])
+
+    @property
+    def task_keys(self) -> np.ndarray:
+        return self.arrays["task_key"]
+
+    @property
+    def support_length(self) -> int:
+        return self.arrays["support_mask"].shape[1]
+
+    @property
+    def query_length(self) -> int:
+        return self.arrays["query_mask"].shape[1]
+
+    def subset(self, index) -> "TaskSet":
+        return TaskSet(self.spec, _map_arrays(self.arrays, lambda a: a[index]))
+
+    def batches(self, tasks_per_batch: int, pad: bool = True):
+        """Yields bundles of `tasks_per_batch` tasks in order (last one padded with empty tasks)."""
+        for start in range(0, len(self), tasks_per_batch):
+            yield pad_task_count(self.subset(slice(start, start + tasks_per_batch)).arrays,
+                                 tasks_per_batch if pad else None)
+
+    def dataset(self, tasks_per_batch: int, shuffle: bool = True, seed: int = 0,
+                repeat: bool = False) -> tf.data.Dataset:
+        """tf.data pipeline of fixed-shape task batches; the last batch is padded with empty tasks."""
+        arrays = {k: v for k, v in self.arrays.items() if not k.endswith("_time")}
+        ds = tf.data.Dataset.from_tensor_slices(arrays)
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(tasks_per_batch).map(lambda b: pad_task_count(b, tasks_per_batch),
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _map_arrays(arrays: dict, fn):
+    return {k: ({n: fn(a) for n, a in v.items()} if isinstance(v, dict) else fn(v)) for k, v in arrays.items()}
+
+
+def pad_task_count(bundle: dict, tasks_per_batch: int | None) -> dict:
+    """Pads the task axis to `tasks_per_batch` with empty tasks (all-zero masks). Works on numpy or tf."""
+    if tasks_per_batch is None:
+        return bundle
+
+    def pad(a):
+        if isinstance(a, np.ndarray):
+            n = tasks_per_batch - a.shape[0]
+            if n <= 0:
+                return a
+            fill = "" if a.dtype == object else 0
+            return np.concatenate([a, np.full((n,) + a.shape[1:], fill, dtype=a.dtype)])
+        n = tasks_per_batch - tf.shape(a)[0]
+        padded = tf.pad(a, [[0, n]] + [[0, 0]] * (a.shape.rank - 1))
+        return tf.ensure_shape(padded, [tasks_per_batch] + a.shape[1:])
+
+    return _map_arrays(bundle, pad)
+
+
+def _pad_sets(spec: FeatureSpec, keys: np.ndarray, sets: dict[str, pd.DataFrame], lengths: dict[str, int],
+              with_label: bool = True) -> TaskSet:
+    """Scatters sorted per-set sample rows into [n_tasks, length] slots, edge-padding each task."""
+    key_index = {k: i for i, k in enumerate(keys)}
+    arrays = {"task_key": keys.astype(object)}
+    for name, df in sets.items():
+        n_slots = lengths[name]
+        task = df[spec.task_key].map(key_index).to_numpy()
+        pos = df.groupby(spec.task_key, sort=False).cumcount().to_numpy()
+        if len(pos) and pos.max() >= n_slots:
+            raise ValueError(f"{name}: a task has {pos.max() + 1} samples but only {n_slots} slots")
+        counts = np.bincount(task, minlength=len(keys)) if len(task) else np.zeros(len(keys), int)
+        # Slot j of task t takes row first[t] + min(j, count-1): edge padding with the last real sample.
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(n_slots)[None, :]
+        src = first[:, None] + np.minimum(slot, np.maximum(counts[:, None] - 1, 0))
+        has_rows = counts[:, None] > 0
+        src = np.where(has_rows, src, 0)
+        mask = (slot < counts[:, None]).astype(np.float32)
+
+        def gather(col: np.ndarray, fill):
+            if len(col) == 0:
+                return np.full((len(keys), n_slots) + col.shape[1:], fill, dtype=col.dtype)
+            out = col[src]
+            empty = ~has_rows.reshape((len(keys), 1) + (1,) * (col.ndim - 1))
+            return np.where(np.broadcast_to(empty, out.shape), np.array(fill, dtype=col.dtype), out)
+
+        raw = spec.raw_arrays(df)
+        arrays[name] = {f: gather(raw[f], "" if raw[f].dtype == object else 0) for f in raw}
+        if with_label:
+            arrays[f"{name}_label"] = gather(df[spec.label].to_numpy(np.float32), 0).astype(np.float32)
+        arrays[f"{name}_mask"] = mask
+        arrays[f"{name}_time"] = gather(df["_t"].to_numpy(np.float64), 0.0)
+    return TaskSet(spec, arrays)
+
+
+def split_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int = 100,
+                support_fraction: float = 0.75, min_samples_per_task: int = 2) -> TaskSet:
+    """Training tasks: per task, the most recent samples split chronologically into support / query.
+
+    The first floor(n * support_fraction) samples of a task (n after the cap) are its support
+    set, the rest its query set, so no query sample is earlier than a support sample.
+    """
+    if not 0 < support_fraction < 1:
+        raise ValueError(f"support_fraction must be in (0, 1), got {support_fraction}")
+    spec.validate(df)
+    df = keep_most_recent(df, spec, max_samples_per_task)
+    n = df.groupby(spec.task_key, sort=False)[spec.task_key].transform("size").to_numpy()
+    df = df[n >= min_samples_per_task].reset_index(drop=True)
+    if df.empty:
+        raise FeatureError(f"no task has >= {min_samples_per_task} samples: lower min_samples_per_task "
+                           "or provide more data")
+    n = df.groupby(spec.task_key, sort=False)[spec.task_key].transform("size").to_numpy()
+    pos = df.groupby(spec.task_key, sort=False).cumcount().to_numpy()
+    n_support = np.maximum(np.floor(n * support_fraction).astype(int), 1)
+    is_support = pos < n_support
+    cap = max_samples_per_task or int(n.max())
+    s_len = max(int(np.floor(cap * support_fraction)), 1)
+    keys = df[spec.task_key].drop_duplicates().to_numpy()
+    return _pad_sets(spec, keys, {"support": df[is_support], "query": df[~is_support]},
+                     {"support": s_len, "query": cap - s_len})
+
+
+def paired_tasks(support_df: pd.DataFrame, query_df: pd.DataFrame, spec: FeatureSpec,
+                 max_support: int = 100, max_query: int = 100) -> TaskSet:
+    """Evaluation tasks: support = each task's samples in `support_df` (e.g. the validation period,
+    most recent `max_support` kept), query = its samples in `query_df` (the test period, earliest
+    `max_query` kept). Tasks are the keys of `query_df`; a task with no support samples gets an
+    empty (all-masked) support set, so it is scored with the un-adapted model (cold start)."""
+    spec.validate(support_df)
+    spec.validate(query_df)
+    support = keep_most_recent(support_df, spec, max_support)
+    query = _sorted(query_df, spec)
+    query = query[query.groupby(spec.task_key, sort=False).cumcount() < max_query].reset_index(drop=True)
+    keys = query[spec.task_key].drop_duplicates().to_numpy()
+    support = support[support[spec.task_key].isin(set(keys))]
+    return _pad_sets(spec, keys, {"support": support, "query": query},
+                     {"support": max_support, "query": max_query})
+
+
+def time_split(df: pd.DataFrame, spec: FeatureSpec, quantiles=(0.7, 0.85)):
+    """Splits rows into train / validation / test by global timestamp quantiles."""
+    t = df[spec.timestamp]
+    lo, hi = t.quantile(list(quantiles), interpolation="nearest").to_numpy()
+    return df[t < lo], df[(t >= lo) & (t < hi)], df[t >= hi]
