@@ -25,6 +25,9 @@ from limaml_tf.features import FeatureEncoder, FeatureSpec
 from limaml_tf.tasks import SETS
 
 
+AGGREGATIONS = ("latest", "mean", "max", "cosine")
+
+
 def masked_mean_bce(labels, logits, mask):
     """Mean binary cross-entropy over the samples with mask 1 (0 when there are none)."""
     per_sample = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
@@ -131,13 +134,18 @@ class LiMAMLModel(keras.Model):
         meta = self.meta_block.task_parameters(meta_w, features) if self._custom_meta else list(meta_w)
         return meta + (list(global_w) if self.adapt_global_block else [])
 
-    def _task_logits(self, params, weights, features, task_index, step, training):
+    def _split(self, params, weights):
         n_meta = len(params) - (len(weights[1]) if self.adapt_global_block else 0)
-        meta_p, global_p = params[:n_meta], (params[n_meta:] if self.adapt_global_block else weights[1])
+        return params[:n_meta], (params[n_meta:] if self.adapt_global_block else weights[1])
+
+    def _task_embedding(self, meta_params, features, task_index, step, training):
         if self._custom_meta:
-            emb = self.meta_block.call_with_task_parameters(meta_p, features)
-        else:
-            emb = self._stateless(self.meta_block, meta_p, features, task_index, step, training)
+            return self.meta_block.call_with_task_parameters(meta_params, features)
+        return self._stateless(self.meta_block, meta_params, features, task_index, step, training)
+
+    def _task_logits(self, params, weights, features, task_index, step, training):
+        meta_p, global_p = self._split(params, weights)
+        emb = self._task_embedding(meta_p, features, task_index, step, training)
         logits = self._stateless(self.global_block, global_p, {**features, "meta_embedding": emb},
                                  task_index, step, training)
         return tf.reshape(logits, [-1])
@@ -150,39 +158,90 @@ class LiMAMLModel(keras.Model):
         return ([v.value for v in self.meta_block.trainable_variables],
                 [v.value for v in self.global_block.trainable_variables])
 
+    def _adapt(self, weights, s_x, s_y, s_m, index, steps, lr, training, first_order, seed_offset):
+        """One task's inner loop: `steps` SGD steps on its support loss; returns the adapted params.
+        A task whose support mask is all zero keeps the initial params (zero gradient)."""
+        params = self._initial_params(weights, s_x)
+        for step in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                logits = self._task_logits(params, weights, s_x, index, seed_offset + step, training)
+                loss = masked_mean_bce(s_y, logits, s_m)
+            grads = [_dense(g, p) for g, p in zip(tape.gradient(loss, params), params)]
+            if first_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            params = [p - lr * g for p, g in zip(params, grads)]
+        return params
+
+    def _vectorized(self, fn, elems, training, fallback_to_while_loop):
+        # pfor cannot vectorize a per-task random seed: fall back (for the random ops only) when the
+        # model has random layers in training; otherwise never, so an accidental fallback fails loudly.
+        if fallback_to_while_loop is None:
+            fallback_to_while_loop = bool(training) and self._has_random_layers()
+        return tf.vectorized_map(fn, elems, fallback_to_while_loop=fallback_to_while_loop)
+
     def adapt_and_score(self, encoded, steps: int, learning_rate, training=False, first_order=None,
                         seed_offset=0, fallback_to_while_loop=None):
         """Adapts every task of an encoded bundle on its support set, scores its query set.
 
-        Returns (per-task query loss [T], query logits [T, Q]). Vectorized over tasks;
-        `fallback_to_while_loop` defaults to True only when the model has random layers
-        (pfor cannot vectorize a per-task random seed), else False so a fallback fails loudly.
+        Returns (per-task query loss [T], query logits [T, Q]), vectorized over tasks.
         """
         first_order = self.first_order if first_order is None else first_order
-        if fallback_to_while_loop is None:
-            fallback_to_while_loop = training and self._has_random_layers()
         weights = self._weights()
         lr = tf.cast(learning_rate, self.compute_dtype)
 
         def one_task(elems):
             s_x, s_y, s_m, q_x, q_y, q_m, index = elems
-            params = self._initial_params(weights, s_x)
-            for step in range(steps):
-                with tf.GradientTape() as tape:
-                    tape.watch(params)
-                    logits = self._task_logits(params, weights, s_x, index, seed_offset + step, training)
-                    loss = masked_mean_bce(s_y, logits, s_m)
-                grads = [_dense(g, p) for g, p in zip(tape.gradient(loss, params), params)]
-                if first_order:
-                    grads = [tf.stop_gradient(g) for g in grads]
-                params = [p - lr * g for p, g in zip(params, grads)]
+            params = self._adapt(weights, s_x, s_y, s_m, index, steps, lr, training, first_order, seed_offset)
             q_logits = self._task_logits(params, weights, q_x, index, seed_offset + steps, training)
             return masked_mean_bce(q_y, q_logits, q_m), q_logits
 
         t = encoded["query_mask"].shape[0]
         elems = (encoded["support"], encoded["support_label"], encoded["support_mask"],
                  encoded["query"], encoded["query_label"], encoded["query_mask"], tf.range(t, dtype=tf.int32))
-        return tf.vectorized_map(one_task, elems, fallback_to_while_loop=fallback_to_while_loop)
+        return self._vectorized(one_task, elems, training, fallback_to_while_loop)
+
+    def meta_embeddings(self, support, support_label, support_mask, latest, steps: int, learning_rate,
+                        aggregation: str = "latest"):
+        """Algorithm 2b: per task, adapt the meta block on its recent samples (`support`, encoded
+        [T, S, ...]) with `steps` SGD steps, then embed. Returns [T, d].
+
+        aggregation: "latest" (the adapted meta block on the task's latest sample, `latest`:
+        encoded [T, ...]; the paper's choice), or "mean" / "max" / "cosine" pooling of the adapted
+        embeddings of all real recent samples ("cosine": weights = max(cos(e_j, e_latest), 0)).
+        A task with no real recent sample gets the un-adapted embedding of `latest` (cold start).
+        """
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        weights = self._weights()
+        lr = tf.cast(learning_rate, self.compute_dtype)
+        support_mask = tf.cast(support_mask, self.compute_dtype)
+        support_label = tf.cast(support_label, self.compute_dtype)
+
+        def one_task(elems):
+            s_x, s_y, s_m, last, index = elems
+            params = self._adapt(weights, s_x, s_y, s_m, index, steps, lr, False, True, 0)
+            meta_p, _ = self._split(params, weights)
+            last_emb = self._task_embedding(meta_p, tf.nest.map_structure(lambda a: a[None], last),
+                                            index, steps, False)[0]
+            if aggregation == "latest":
+                return last_emb
+            embs = self._task_embedding(meta_p, s_x, index, steps, False)
+            m = s_m[:, None]
+            has = tf.reduce_sum(s_m) > 0
+            if aggregation == "mean":
+                pooled = tf.reduce_sum(embs * m, 0) / tf.maximum(tf.reduce_sum(s_m), 1.0)
+            elif aggregation == "max":
+                pooled = tf.reduce_max(tf.where(m > 0, embs, tf.cast(-1e30, embs.dtype)), 0)
+            else:
+                cos = tf.reduce_sum(tf.math.l2_normalize(embs, -1) * tf.math.l2_normalize(last_emb, -1), -1)
+                w = tf.maximum(cos, 0.0) * s_m
+                pooled = tf.reduce_sum(embs * w[:, None], 0) / tf.maximum(tf.reduce_sum(w), 1e-12)
+            return tf.where(has, pooled, last_emb)
+
+        t = support_mask.shape[0]
+        elems = (support, support_label, support_mask, latest, tf.range(t, dtype=tf.int32))
+        return self._vectorized(one_task, elems, False, None)
 
     # -- bundles -------------------------------------------------------------
     def encode_bundle(self, bundle):
