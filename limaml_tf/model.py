@@ -196,7 +196,7 @@ class LiMAMLModel(keras.Model):
             q_logits = self._task_logits(params, weights, q_x, index, seed_offset + steps, training)
             return masked_mean_bce(q_y, q_logits, q_m), q_logits
 
-        t = encoded["query_mask"].shape[0]
+        t = tf.shape(encoded["query_mask"])[0]
         elems = (encoded["support"], encoded["support_label"], encoded["support_mask"],
                  encoded["query"], encoded["query_label"], encoded["query_mask"], tf.range(t, dtype=tf.int32))
         return self._vectorized(one_task, elems, training, fallback_to_while_loop)
@@ -239,7 +239,7 @@ class LiMAMLModel(keras.Model):
                 pooled = tf.reduce_sum(embs * w[:, None], 0) / tf.maximum(tf.reduce_sum(w), 1e-12)
             return tf.where(has, pooled, last_emb)
 
-        t = support_mask.shape[0]
+        t = tf.shape(support_mask)[0]
         elems = (support, support_label, support_mask, latest, tf.range(t, dtype=tf.int32))
         return self._vectorized(one_task, elems, False, None)
 
@@ -250,13 +250,17 @@ class LiMAMLModel(keras.Model):
         for name in SETS:
             raw = bundle[name]
             mask = bundle[f"{name}_mask"]
-            t, s = mask.shape[0], mask.shape[1]
-            flat = {k: tf.reshape(v, [t * s] + list(v.shape[2:])) for k, v in raw.items()}
-            enc = self.encoder(flat)
-            out[name] = {k: tf.reshape(v, [t, s] + list(v.shape[1:])) for k, v in enc.items()}
+            out[name] = self.encode_samples(raw, tf.shape(mask)[:2])
             out[f"{name}_mask"] = tf.cast(mask, self.compute_dtype)
             out[f"{name}_label"] = tf.cast(bundle[f"{name}_label"], self.compute_dtype)
         return out
+
+    def encode_samples(self, raw, lead_shape):
+        """Encodes raw features with leading dims `lead_shape` (e.g. [T, S]), keeping those dims."""
+        lead_shape = tf.convert_to_tensor(lead_shape)
+        flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[tf.size(lead_shape):]], 0)) for k, v in raw.items()}
+        enc = self.encoder(flat)
+        return {k: tf.reshape(v, tf.concat([lead_shape, tf.shape(v)[1:]], 0)) for k, v in enc.items()}
 
     def _chunks(self, encoded):
         t = encoded["query_mask"].shape[0]
@@ -270,10 +274,9 @@ class LiMAMLModel(keras.Model):
             logits = {}
             for name in SETS:
                 m = encoded[f"{name}_mask"]
-                t, s = m.shape[0], m.shape[1]
-                flat = {k: tf.reshape(v, [t * s] + list(v.shape[2:])) for k, v in encoded[name].items()}
+                flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in encoded[name].items()}
                 emb = self.embed(flat, training)
-                logits[name] = tf.reshape(self.global_logits(flat, emb, training), [t, s])
+                logits[name] = tf.reshape(self.global_logits(flat, emb, training), tf.shape(m))
             sample_loss = {n: tf.nn.sigmoid_cross_entropy_with_logits(labels=encoded[f"{n}_label"], logits=logits[n])
                            * encoded[f"{n}_mask"] for n in SETS}
             return sample_loss, logits["query"]

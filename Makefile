@@ -1,0 +1,22 @@
+# The two set-up-and-run commands of README: `make demo` (main job end to end) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: demo test bench
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[all]"
+	bash scripts/system_deps.sh
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/limaml demo --workdir runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages the tests use beyond PyPI (installed when missing and we are root).
+set -euo pipefail
+need=()
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "system_deps: missing ${need[*]} (not root: tests that need them will skip)" >&2
+  fi
+fi
