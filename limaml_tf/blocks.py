@@ -48,6 +48,9 @@ class FeatureEmbedding(keras.layers.Layer):
             for f in self.features if f.kind != "numeric"
         }
 
+    def build(self, input_shape=None):
+        pass  # sub-layers build on their first call (the model calls every block once at construction)
+
     def call(self, inputs):
         parts = []
         for f in self.features:
@@ -83,6 +86,9 @@ class MLPMetaBlock(keras.layers.Layer):
         self.inputs_layer = FeatureEmbedding(features, embedding_dim, name="meta_inputs")
         self.hidden = _mlp(self.hidden_units, activation, "meta_hidden")
         self.out = keras.layers.Dense(output_dim, name="meta_embedding")
+
+    def build(self, input_shape=None):
+        pass  # sub-layers build on their first call (the model calls every block once at construction)
 
     def call(self, inputs):
         x = self.inputs_layer(inputs)
@@ -143,6 +149,9 @@ class _GlobalBlockBase(keras.layers.Layer):
         super().__init__(**kwargs)
         self.embedding_dim = embedding_dim
         self.inputs_layer = FeatureEmbedding(features, embedding_dim, name="global_inputs")
+
+    def build(self, input_shape=None):
+        pass  # sub-layers build on their first call (the model calls every block once at construction)
 
     def _inputs(self, inputs):
         return tf.concat([self.inputs_layer(inputs), tf.cast(inputs["meta_embedding"], self.compute_dtype)], -1)

@@ -155,8 +155,9 @@ class LiMAMLModel(keras.Model):
                    + self.global_block.non_trainable_variables)
 
     def _weights(self):
-        return ([v.value for v in self.meta_block.trainable_variables],
-                [v.value for v in self.global_block.trainable_variables])
+        # Read each variable once, outside the vectorized loop (pfor cannot vectorize resource reads).
+        return ([tf.convert_to_tensor(v) for v in self.meta_block.trainable_variables],
+                [tf.convert_to_tensor(v) for v in self.global_block.trainable_variables])
 
     def _adapt(self, weights, s_x, s_y, s_m, index, steps, lr, training, first_order, seed_offset):
         """One task's inner loop: `steps` SGD steps on its support loss; returns the adapted params.
