@@ -268,3 +268,16 @@ def load_serving_metadata(export_dir: str):
 
     return (FeatureSpec.from_json(read_extra(export_dir, SPEC_FILE)),
             json.loads(read_extra(export_dir, SERVING_METADATA_FILE)))
+
+
+def adapter_inputs(bundle: dict) -> dict[str, np.ndarray]:
+    """`embed_tasks` inputs from the support set of a task bundle (`limaml_tf.tasks`): each task's recent
+    samples, labels and mask, and its latest real sample."""
+    mask = np.asarray(bundle["support_mask"], np.float32)
+    last = np.maximum(mask.sum(1).astype(int) - 1, 0)
+    rows = np.arange(len(mask))
+    out = {"support_label": np.asarray(bundle["support_label"], np.float32), "support_mask": mask}
+    for name, value in bundle["support"].items():
+        out[f"support_{name}"] = value
+        out[f"latest_{name}"] = value[rows, last]
+    return out
