@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -161,7 +162,7 @@ def test_fresh_process_matches_keras(exported, tmp_path):
 def test_cpp_loader_runs_the_export(exported, request):
     model, spec, df, _, path, _ = exported
     # cache the binary between runs (keyed by the source and the TF version); CI builds it once
-    key = f"{tf.__version__}-{abs(hash(open(load_check.SOURCE).read())) % 10**12}"
+    key = f"{tf.__version__}-{hashlib.sha256(open(load_check.SOURCE, 'rb').read()).hexdigest()[:16]}"
     binary = os.path.join(str(request.config.cache.mkdir("load_check")), f"load_check-{key}")
     if not os.path.exists(binary):
         load_check.build(binary + ".tmp")
