@@ -64,6 +64,10 @@ def read_extra(export_dir: str, name: str) -> str:
         return f.read()
 
 
+def embedding_dim(model) -> int:
+    return int(model.embed(model.encoder(model.spec.dummy_inputs(1))).shape[-1])
+
+
 def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None = None,
                    aggregation: str = "latest", model_version: str = "1", extra_config: dict | None = None) -> str:
     """Writes the adapter SavedModel for `model` (a LiMAMLModel) to `path`, atomically."""
@@ -94,7 +98,7 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
                                            **support_sig, **latest_sig}])
     archive.add_endpoint("cold_start", tf.function(cold_start), input_signature=[raw((None,))])
     config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation,
-              "embedding_dim": int(model.embed(model.encoder(spec.dummy_inputs(1))).shape[-1]),
+              "embedding_dim": embedding_dim(model),
               "model_version": str(model_version), "tensorflow_version": tf.__version__, **(extra_config or {})}
     with atomic_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
@@ -120,10 +124,6 @@ def model_versions(model_dir: str) -> list[int]:
         return []
     return sorted(int(d) for d in os.listdir(model_dir)
                   if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
-
-
-def embedding_dim(model) -> int:
-    return int(model.embed(model.encoder(model.spec.dummy_inputs(1))).shape[-1])
 
 
 def serving_signature(spec, dim: int) -> dict[str, tf.TensorSpec]:

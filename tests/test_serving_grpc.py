@@ -151,3 +151,16 @@ def test_client_rejects_bad_requests_before_sending(served):
 def test_serve_subcommand_is_registered():
     args = build_parser().parse_args(["serve", "--saved-models", "x", "--port", "0"])
     assert (args.command, args.saved_models, args.port) == ("serve", "x", 0)
+
+
+def test_demo_serves_one_user_through_grpc(tmp_path, capsys):
+    from limaml_tf.serving.demo import serve_one_user
+    from limaml_tf.tasks import time_split
+
+    model, spec, df = tiny_model()
+    train_df, valid_df, test_df = time_split(df, spec)
+    out = serve_one_user(str(tmp_path), model, spec, train_df, valid_df, test_df)
+    assert out["found"] and out["probability"] == pytest.approx(out["keras_probability"], abs=1e-6)
+    assert abs(out["probability"] - out["cold_start_probability"]) > 1e-5  # the store's embedding mattered
+    assert out["serving_path"] == str(tmp_path / "saved_models" / "limaml" / "1")
+    assert "gRPC Predict -> probability" in capsys.readouterr().out
