@@ -92,7 +92,8 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
         return {"meta_embedding": tf.cast(model.embed(model.encoder(inputs)), tf.float32)}
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    for part in (model.encoder, model.meta_block, model.global_block):  # not the model: its cached
+        archive.track(part)  # adapt_and_predict tf.functions (int-keyed dict) cannot be saved
     archive.add_endpoint("embed_tasks", tf.function(embed_tasks),
                          input_signature=[{"support_label": label_sig, "support_mask": mask_sig,
                                            **support_sig, **latest_sig}])
