@@ -7,9 +7,11 @@ import dataclasses
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from limaml_tf import DCNGlobalBlock, LiMAMLModel, MLPMetaBlock, make_synthetic
+from limaml_tf.tasks import split_tasks
 
 DIM = 4
 
@@ -22,6 +24,15 @@ def tiny_model(seed: int = 0, dim: int = DIM):
     model = LiMAMLModel(MLPMetaBlock(spec.meta_features, output_dim=dim, hidden_units=(8,)),
                         DCNGlobalBlock(spec.features, num_cross_layers=1, hidden_units=(8,), embedding_dim=4),
                         spec, inner_learning_rate=0.5)
+    return model, spec, df
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, spec, df), shared by the serving test modules; the model has run adapt_and_predict, which
+    caches tf.functions on it (exports must cope with that)."""
+    model, spec, df = tiny_model()
+    model.adapt_and_predict(split_tasks(df, spec, max_samples_per_task=8).arrays)
     return model, spec, df
 
 

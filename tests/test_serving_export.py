@@ -20,13 +20,12 @@ from limaml_tf import export as ex
 from limaml_tf.serving import load_check
 from limaml_tf.serving.server import ModelRepository
 from limaml_tf.tasks import split_tasks
-from tests.serving_helpers import DIM, keras_probability, request_rows, tiny_model
+from tests.serving_helpers import DIM, keras_probability, request_rows, tiny  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model, spec, df = tiny_model()
-    model.adapt_and_predict(split_tasks(df, spec, max_samples_per_task=8).arrays)  # caches tf.functions on the model
+def exported(tmp_path_factory, tiny):
+    model, spec, df = tiny
     base = str(tmp_path_factory.mktemp("saved_models"))
     path = ex.export_serving(model, base, "ranker", train_df=df)
     adapter = ex.export_adapter(model, os.path.join(base, "ranker_adapter", "1"), steps=2, learning_rate=0.3)

@@ -12,12 +12,12 @@ from limaml_tf import export as ex
 from limaml_tf.cli import build_parser
 from limaml_tf.serving import InMemoryEmbeddingStore, ServingClient, ServingError
 from limaml_tf.serving.server import start_server
-from tests.serving_helpers import DIM, keras_probability, request_rows, tiny_model
+from tests.serving_helpers import DIM, keras_probability, request_rows, tiny, tiny_model  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    model, spec, df = tiny_model()
+def served(tmp_path_factory, tiny):
+    model, spec, df = tiny
     other, _, _ = tiny_model(seed=1)  # version 2: different weights
     base = str(tmp_path_factory.mktemp("saved_models"))
     path = ex.export_serving(model, base, "ranker", train_df=df)
@@ -153,11 +153,11 @@ def test_serve_subcommand_is_registered():
     assert (args.command, args.saved_models, args.port) == ("serve", "x", 0)
 
 
-def test_demo_serves_one_user_through_grpc(tmp_path, capsys):
+def test_demo_serves_one_user_through_grpc(tmp_path, capsys, tiny):
     from limaml_tf.serving.demo import serve_one_user
     from limaml_tf.tasks import time_split
 
-    model, spec, df = tiny_model()
+    model, spec, df = tiny
     train_df, valid_df, test_df = time_split(df, spec)
     out = serve_one_user(str(tmp_path), model, spec, train_df, valid_df, test_df)
     assert out["found"] and out["probability"] == pytest.approx(out["keras_probability"], abs=1e-6)
