@@ -54,7 +54,7 @@ def serve_one_user(workdir: str, model, spec, train_df, recent_df, request_df, s
     n_recent = int((recent_df[spec.task_key].astype(str) == user).sum())
     print(f"\n[serve] exported {serving_path} (+ adapter {adapter_path}); PredictionService on 127.0.0.1:{port}")
     print(f"[serve] user {user}: meta embedding from the store (found={bool(found[0])}, from {min(n_recent, max_recent)}"
-          f" recent samples) = {np.round(emb[0], 3).tolist()}")
+          f" recent samples) = {np.array2string(emb[0], precision=3)}")
     print(f"[serve] gRPC Predict -> probability {probability:.4f} (Keras in-process {keras_p:.4f}; with the "
           f"cold-start embedding {cold_p:.4f}); label {int(request[spec.label].iloc[0])}")
     return {"serving_path": serving_path, "adapter_path": adapter_path, "user": user, "found": bool(found[0]),

@@ -205,6 +205,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 def start_server(base_dir: str | ModelRepository, port: int = 8500, host: str = "127.0.0.1", max_workers: int = 4):
     """Starts the PredictionService on host:port (port 0: a free port). Returns (grpc.Server, port)."""
     repository = base_dir if isinstance(base_dir, ModelRepository) else ModelRepository(base_dir)
+    for name, model_dir in repository.model_dirs.items():  # load the latest versions now, like TF Serving
+        if model_versions(model_dir):
+            repository.get(name)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(repository), server)
     bound = server.add_insecure_port(f"{host}:{port}")
