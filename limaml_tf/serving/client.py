@@ -107,8 +107,7 @@ def request_inputs(spec: FeatureSpec, features) -> dict[str, np.ndarray]:
                 arr = _strings(f.name, f.kind, arr)[:, :f.max_len]
                 arr = np.pad(arr, [(0, 0), (0, f.max_len - arr.shape[1])], constant_values="")
             elif arr.ndim == 1:
-                arr = multi_values_to_array(pd.Series(arr), f.max_len)
-                _strings(f.name, f.kind, arr)
+                arr = multi_values_to_array(pd.Series(arr), f.max_len)  # lists or "a|b", as in training
             else:
                 raise ServingError(f"multi-valued feature {f.name!r} must be [batch, values], got shape {arr.shape}")
         out[f.name] = arr
