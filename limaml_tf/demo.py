@@ -1,7 +1,8 @@
 """`limaml demo`: the main job end to end on the embedded synthetic default.
 
 generate data -> time split -> train LiMAML and vanilla on the same task batches ->
-evaluate (paper protocol: adapt on the validation period, score the test period)."""
+evaluate (paper protocol: adapt on the validation period, score the test period) -> export and
+serve one user's prediction through gRPC with its meta embedding from the store."""
 
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
     for label, r in results.items():
         print(f"{label:<20}{r['all']:>8.4f}{r['<25']:>8.4f}{r['>=25']:>8.4f}{100 * (r['all'] / base - 1):>+17.2f}%")
     summary = {"auc": results, "train_seconds": timings}
+    from limaml_tf.serving.demo import serve_one_user  # export -> store -> gRPC for one user
+
+    summary["serving"] = serve_one_user(workdir, limaml, spec, train_df, valid_df, test_df)
     limaml.save(os.path.join(workdir, "limaml.keras"))
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

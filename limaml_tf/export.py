@@ -1,4 +1,5 @@
-"""SavedModel artifacts: the adapter used by the embedding refresh (Algorithm 2b).
+"""SavedModel artifacts: the adapter used by the embedding refresh (Algorithm 2b), and the
+global block served by TF Serving (`export_serving`).
 
 The adapter holds θ_meta, θ_global, the feature encoder and the feature spec, and
 needs no limaml_tf code to run: `tf.saved_model.load(path)` and call
@@ -19,8 +20,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 SPEC_FILE = "feature_spec.json"
@@ -61,6 +64,10 @@ def read_extra(export_dir: str, name: str) -> str:
         return f.read()
 
 
+def embedding_dim(model) -> int:
+    return int(model.embed(model.encoder(model.spec.dummy_inputs(1))).shape[-1])
+
+
 def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None = None,
                    aggregation: str = "latest", model_version: str = "1", extra_config: dict | None = None) -> str:
     """Writes the adapter SavedModel for `model` (a LiMAMLModel) to `path`, atomically."""
@@ -85,16 +92,193 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
         return {"meta_embedding": tf.cast(model.embed(model.encoder(inputs)), tf.float32)}
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    for part in (model.encoder, model.meta_block, model.global_block):  # not the model: its cached
+        archive.track(part)  # adapt_and_predict tf.functions (int-keyed dict) cannot be saved
     archive.add_endpoint("embed_tasks", tf.function(embed_tasks),
                          input_signature=[{"support_label": label_sig, "support_mask": mask_sig,
                                            **support_sig, **latest_sig}])
     archive.add_endpoint("cold_start", tf.function(cold_start), input_signature=[raw((None,))])
     config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation,
-              "embedding_dim": int(model.embed(model.encoder(spec.dummy_inputs(1))).shape[-1]),
+              "embedding_dim": embedding_dim(model),
               "model_version": str(model_version), "tensorflow_version": tf.__version__, **(extra_config or {})}
     with atomic_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
         write_extra(tmp, SPEC_FILE, spec.to_json())
         write_extra(tmp, CONFIG_FILE, json.dumps(config, indent=1))
     return path
+
+
+# -- serving artifact (TF Serving) ---------------------------------------------------------------
+
+SERVING_METADATA_FILE = "serving_metadata.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MODELS_CONFIG = "models.config"
+SERVING_SIGNATURE = "serving_default"
+EMBEDDING_INPUT = "meta_embedding"
+OUTPUT = "probability"
+
+
+def model_versions(model_dir: str) -> list[int]:
+    """Integer version subdirectories of `model_dir`, ascending (what TF Serving considers; temp dirs
+    written by `atomic_directory` start with "." and are never listed)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(model_dir)
+                  if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+
+
+def serving_signature(spec, dim: int) -> dict[str, tf.TensorSpec]:
+    """The named, typed inputs of `serving_default`: every raw feature of the spec (dense; multi-valued
+    padded with "") plus `meta_embedding` float32 [batch, dim] (omitted when dim == 0)."""
+    sig = spec.input_signature((None,))
+    if dim:
+        sig[EMBEDDING_INPUT] = tf.TensorSpec([None, dim], tf.float32, name=EMBEDDING_INPUT)
+    return sig
+
+
+def _cold_start_embedding(model, train_df) -> list[float]:
+    """Fallback for a task the embedding store has no row for: the mean un-adapted meta embedding of
+    every training task's latest sample (population prior); without data, the embedding of an
+    all-missing sample."""
+    if train_df is None or len(train_df) == 0:
+        raw = model.spec.dummy_inputs(1)
+    else:
+        from limaml_tf.tasks import keep_most_recent
+        latest = keep_most_recent(train_df, model.spec, 1)
+        raw = {k: tf.constant(v) for k, v in model.spec.raw_arrays(latest).items()}
+    emb = model.embed(model.encoder(raw))
+    return [float(x) for x in tf.reduce_mean(tf.cast(emb, tf.float32), 0).numpy()]
+
+
+def _data_range(spec, train_df) -> dict | None:
+    if train_df is None or len(train_df) == 0:
+        return None
+    t = train_df[spec.timestamp]
+    return {"column": spec.timestamp, "start": str(t.min()), "end": str(t.max()), "rows": int(len(train_df)),
+            "tasks": int(train_df[spec.task_key].nunique())}
+
+
+def warmup_records(spec, inputs: dict, model_name: str, batch_sizes=(1, 8)) -> list[bytes]:
+    """Serialized PredictionLog records (one PredictRequest per batch size) cut from `inputs`, a dict
+    of numpy arrays in the signature's format; TF Serving replays them when it loads the version."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    n = len(next(iter(inputs.values())))
+    records = []
+    for b in batch_sizes:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = SERVING_SIGNATURE
+        for name, value in inputs.items():
+            rows = value[np.arange(b) % n]
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(rows.astype(object) if rows.dtype == object
+                                                               else rows))
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+def write_models_config(base_dir: str, model_name: str, serving_root: str = "/models") -> str:
+    """Adds (or keeps) `model_name` in `<base_dir>/models.config`, the model_config_list that
+    `tensorflow_model_server --model_config_file` reads; base paths point at `serving_root`, where the
+    container mounts `base_dir`. Written atomically."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(base_dir, MODELS_CONFIG)
+    config = model_server_config_pb2.ModelServerConfig()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text_format.Parse(f.read(), config)
+    entries = config.model_config_list.config
+    entry = next((c for c in entries if c.name == model_name), None) or entries.add()
+    entry.name = model_name
+    entry.base_path = f"{serving_root.rstrip('/')}/{model_name}"
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.latest.num_versions = 1
+    fd, tmp = tempfile.mkstemp(prefix=f".{MODELS_CONFIG}.tmp-", dir=base_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text_format.MessageToString(config))
+    os.replace(tmp, path)
+    return path
+
+
+def export_serving(model, base_dir: str = "saved_models", model_name: str = "limaml", version: int | None = None,
+                   train_df=None, warmup_inputs: dict | None = None, serving_root: str = "/models",
+                   extra_metadata: dict | None = None) -> str:
+    """Exports the global block (+ in-graph feature encoder) of `model` for TF Serving.
+
+    Writes `<base_dir>/<model_name>/<version>/` atomically (`version`: next integer when None; an
+    existing version is never overwritten) with signature `serving_default`: raw features + 
+    `meta_embedding` -> `probability` [batch]. assets.extra holds the feature spec, metadata (TF version
+    — the serving image must be at least as new —, embedding dim, version, training data range,
+    cold-start embedding) and warm-up requests. Updates `<base_dir>/models.config`. Returns the path.
+    """
+    spec = model.spec
+    dim = embedding_dim(model)
+    model_dir = os.path.join(base_dir, model_name)
+    existing = model_versions(model_dir)
+    version = (existing[-1] + 1 if existing else 1) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving version directory), got {version}")
+    path = os.path.join(model_dir, str(version))
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists: TF Serving may be serving it; export a new version "
+                              f"(next free: {max(existing, default=0) + 1})")
+    signature = serving_signature(spec, dim)
+
+    def serve(inputs):
+        encoded = model.encoder({f.name: inputs[f.name] for f in spec.features})
+        emb = inputs[EMBEDDING_INPUT] if dim else tf.zeros([tf.shape(inputs[spec.features[0].name])[0], 0])
+        logits = model.global_logits(encoded, tf.cast(emb, model.compute_dtype))
+        return {OUTPUT: tf.cast(tf.sigmoid(logits), tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model.encoder)
+    archive.track(model.global_block)  # θ_global only: the meta block is not part of the served graph
+    archive.add_endpoint(SERVING_SIGNATURE, tf.function(serve), input_signature=[signature])
+
+    cold_start = _cold_start_embedding(model, train_df)
+    metadata = {"model_name": model_name, "version": version, "signature": SERVING_SIGNATURE,
+                "inputs": {k: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for k, s in signature.items()},
+                "output": OUTPUT, "embedding_dim": dim, "cold_start_embedding": cold_start,
+                "training_data_range": _data_range(spec, train_df),
+                "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra_metadata or {})}
+    if warmup_inputs is None:
+        source = spec.raw_arrays(train_df.iloc[:8]) if train_df is not None and len(train_df) else \
+            {k: v.numpy() for k, v in spec.dummy_inputs(1).items()}
+        warmup_inputs = dict(source)
+        if dim:
+            n = len(next(iter(source.values())))
+            warmup_inputs[EMBEDDING_INPUT] = np.tile(np.asarray(cold_start, np.float32), (n, 1))
+    with atomic_directory(path) as tmp:
+        archive.write_out(tmp, verbose=False)
+        write_extra(tmp, SPEC_FILE, spec.to_json())
+        write_extra(tmp, SERVING_METADATA_FILE, json.dumps(metadata, indent=1))
+        with tf.io.TFRecordWriter(os.path.join(tmp, "assets.extra", WARMUP_FILE)) as writer:
+            for record in warmup_records(spec, warmup_inputs, model_name):
+                writer.write(record)
+    write_models_config(base_dir, model_name, serving_root)
+    return path
+
+
+def load_serving_metadata(export_dir: str):
+    """(FeatureSpec, metadata dict) of a serving export."""
+    from limaml_tf.features import FeatureSpec
+
+    return (FeatureSpec.from_json(read_extra(export_dir, SPEC_FILE)),
+            json.loads(read_extra(export_dir, SERVING_METADATA_FILE)))
+
+
+def adapter_inputs(bundle: dict) -> dict[str, np.ndarray]:
+    """`embed_tasks` inputs from the support set of a task bundle (`limaml_tf.tasks`): each task's recent
+    samples, labels and mask, and its latest real sample."""
+    mask = np.asarray(bundle["support_mask"], np.float32)
+    last = np.maximum(mask.sum(1).astype(int) - 1, 0)
+    rows = np.arange(len(mask))
+    out = {"support_label": np.asarray(bundle["support_label"], np.float32), "support_mask": mask}
+    for name, value in bundle["support"].items():
+        out[f"support_{name}"] = value
+        out[f"latest_{name}"] = value[rows, last]
+    return out
