@@ -19,15 +19,15 @@ setup(
         "scikit-learn>=1.5",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "tensorflow-serving-api==2.21.0",
+        "grpcio>=1.60",
     ],
     extras_require={
         "beam": ["apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1"],
-        "serving": ["tensorflow-serving-api==2.21.0", "grpcio>=1.60"],
         "feast": ["feast[redis]==0.67.0", "fakeredis>=2.20"],
         "test": ["pytest>=8"],
         "all": [
             "apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1",
-            "tensorflow-serving-api==2.21.0", "grpcio>=1.60",
             "feast[redis]==0.67.0", "fakeredis>=2.20", "pytest>=8",
         ],
     },
