@@ -156,22 +156,29 @@ def test_id_embedding_block_adapts_only_its_row(synthetic):
 
 
 def test_meta_learning_beats_vanilla_on_planted_structure():
-    """On the synthetic default, each task's response depends on a hidden per-task vector that only
-    its own samples reveal. Measured at this size over seeds 0-3 (see the closing note of issue 2):
-    LiMAML+fine-tune exceeds vanilla by 0.05-0.10 AUC; the 0.03 bar sits well below every seed's
-    gap and well above evaluation noise (AUC std over bootstrap resamples ~0.005)."""
+    """On the synthetic default each task's response depends on a hidden per-task vector that only its
+    own samples reveal. Train on 300 users' training period; evaluate (adapt on the validation period,
+    score the test period) on all 1,500 users, so the AUCs rest on ~15k query samples.
+
+    Measured with exactly this setup for seeds 0-3: LiMAML+fine-tune minus vanilla = 0.100, 0.124,
+    0.071, 0.038 AUC; minus vanilla+fine-tune = 0.080, 0.083, 0.038, 0.025. The bars (0.02 and 0.01)
+    sit below every seed's gap (about half of the smallest) and several times above the evaluation
+    noise of an AUC difference at this sample count (bootstrap std ~0.005)."""
     from limaml_tf.demo import build_models
     from limaml_tf.evaluation import auc, predict_tasks
 
-    keras.utils.set_random_seed(1)
-    df, spec = lt.make_synthetic(num_tasks=300, seed=1)
+    keras.utils.set_random_seed(2)
+    df, spec = lt.make_synthetic(num_tasks=1500, seed=2)
     train_df, valid_df, test_df = lt.time_split(df, spec)
+    train_df = train_df[train_df["user_id"].str[1:].astype(int) < 300]
     spec = spec.fit(train_df)
     train = lt.split_tasks(train_df, spec, max_samples_per_task=48)
     evaluation = lt.paired_tasks(valid_df, test_df, spec, max_support=32, max_query=32)
     limaml, vanilla = build_models(spec)
     for m in (limaml, vanilla):
-        m.fit(train.dataset(32, seed=1), epochs=6, verbose=0)
+        m.fit(train.dataset(32, seed=2), epochs=8, verbose=0)
     vanilla_auc = auc(predict_tasks(vanilla, evaluation, steps=0))
+    vanilla_ft_auc = auc(predict_tasks(vanilla, evaluation, steps=1))
     limaml_ft_auc = auc(predict_tasks(limaml, evaluation, steps=1))
-    assert limaml_ft_auc - vanilla_auc > 0.03, (limaml_ft_auc, vanilla_auc)
+    assert limaml_ft_auc - vanilla_auc > 0.02, (limaml_ft_auc, vanilla_auc)
+    assert limaml_ft_auc - vanilla_ft_auc > 0.01, (limaml_ft_auc, vanilla_ft_auc)
