@@ -353,7 +353,12 @@ class LiMAMLModel(keras.Model):
         self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
         self.auc_metric.update_state(tf.reshape(encoded["query_label"], [-1]), tf.reshape(tf.sigmoid(q_logits), [-1]),
                                      sample_weight=tf.reshape(encoded["query_mask"], [-1]))
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces a multi-worker step's logs with reduce("MEAN", axis=0), which fails on
+            # scalars (tensorflow/tensorflow#72388): give them a leading axis.
+            logs = {k: v[None] for k, v in logs.items()}
+        return logs
 
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
