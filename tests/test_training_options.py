@@ -84,3 +84,19 @@ def test_tfrecord_reader_matches_taskset_dataset(tasks, tmp_path, cache):
             np.testing.assert_array_equal(a, b)
     assert tf.nest.map_structure(lambda t: (t.shape, t.dtype), got[0]) == \
         tf.nest.map_structure(lambda t: (t.shape, t.dtype), expected[0])
+
+
+def test_xla_inner_loop_gives_the_same_gradients(tasks):
+    spec = tasks.spec
+    bundle = next(iter(tasks.dataset(8, shuffle=False)))
+    grads = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = LiMAMLModel(MLPMetaBlock(spec.meta_features, output_dim=4, hidden_units=(8,)),
+                            MLPGlobalBlock(spec.other_features, hidden_units=(8,), embedding_dim=4), spec,
+                            inner_steps=2, inner_learning_rate=0.5, jit_inner_loop=jit)
+        grads[jit] = tf.function(lambda b: model.compute_gradients(b)[:2])(bundle)
+    np.testing.assert_allclose(grads[True][0], grads[False][0], rtol=1e-5)
+    for a, b in zip(grads[True][1], grads[False][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert LiMAMLModel.from_config(model.get_config()).jit_inner_loop
