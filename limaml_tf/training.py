@@ -74,6 +74,10 @@ def multi_worker_config(ports: list[int], index: int, host: str = "localhost") -
 
 
 def is_chief() -> bool:
-    """True on the process that should write artifacts (worker 0, or the only process)."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("type", "worker") in ("worker", "chief") and int(task.get("index", 0)) == 0
+    """True on the process that should write artifacts: the "chief" task if the cluster has one,
+    else worker 0, or the only process (no TF_CONFIG)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return int(task.get("index", 0)) == 0
