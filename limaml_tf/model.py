@@ -45,6 +45,32 @@ def _is_seed_state(v) -> bool:
     return "seed_generator_state" in v.path
 
 
+def _replica_context():
+    """The replica context of a multi-replica tf.distribute step, else None."""
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def _sum_over_replicas(value):
+    context = _replica_context()
+    return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _clips(optimizer) -> bool:
+    return bool(optimizer.global_clipnorm or optimizer.clipnorm or optimizer.clipvalue)
+
+
+def _clip(optimizer, grads):
+    """The optimizer's gradient clipping (global norm, per-tensor norm or value), in TF ops."""
+    if optimizer.global_clipnorm:
+        return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
+    if optimizer.clipnorm:
+        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
+    if optimizer.clipvalue:
+        return [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
+    return grads
+
+
 def _check_no_batchnorm(block, role: str):
     for layer in block._flatten_layers(include_self=True):
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -69,6 +95,9 @@ class LiMAMLModel(keras.Model):
       eval_steps / eval_learning_rate: adaptation at evaluation; default n and α.
       max_tasks_per_chunk: process at most this many tasks at once (bounds memory; the
         gradient is accumulated over chunks and is the same as without chunking).
+      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA:
+        fuses the many small per-task ops (faster step, longer first trace; same maths, float
+        rounding may differ slightly).
     """
 
     meta_learning = True
@@ -76,7 +105,7 @@ class LiMAMLModel(keras.Model):
     def __init__(self, meta_block, global_block, spec: FeatureSpec | dict, inner_steps: int = 1,
                  inner_learning_rate: float = 0.1, first_order: bool = False, adapt_global_block: bool = False,
                  eval_steps: int | None = None, eval_learning_rate: float | None = None,
-                 max_tasks_per_chunk: int | None = None, **kwargs):
+                 max_tasks_per_chunk: int | None = None, jit_inner_loop: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.from_dict(spec)
         self.meta_block, self.global_block = meta_block, global_block
@@ -89,6 +118,8 @@ class LiMAMLModel(keras.Model):
         self.eval_steps = self.inner_steps if eval_steps is None else int(eval_steps)
         self.eval_learning_rate = self.inner_learning_rate if eval_learning_rate is None else float(eval_learning_rate)
         self.max_tasks_per_chunk = max_tasks_per_chunk
+        self.jit_inner_loop = bool(jit_inner_loop)
+        self._jit_objective = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.auc_metric = keras.metrics.AUC(name="auc")
         self._adapt_fns = {}
@@ -265,7 +296,10 @@ class LiMAMLModel(keras.Model):
 
     def _chunks(self, encoded):
         t = encoded["query_mask"].shape[0]
-        size = self.max_tasks_per_chunk or t
+        if not self.max_tasks_per_chunk or t is None:  # t is None: a per-replica batch of unknown size
+            yield 0, encoded
+            return
+        size = self.max_tasks_per_chunk
         for start in range(0, t, size):
             yield start, tf.nest.map_structure(lambda a: a[start:start + size], encoded)
 
@@ -281,6 +315,13 @@ class LiMAMLModel(keras.Model):
             sample_loss = {n: tf.nn.sigmoid_cross_entropy_with_logits(labels=encoded[f"{n}_label"], logits=logits[n])
                            * encoded[f"{n}_mask"] for n in SETS}
             return sample_loss, logits["query"]
+        if self.jit_inner_loop:
+            if self._jit_objective is None:
+                self._jit_objective = tf.function(
+                    lambda enc, training: self.adapt_and_score(enc, self.inner_steps, self.inner_learning_rate,
+                                                               training=training), jit_compile=True)
+            numeric = {k: encoded[k] for k in SETS + tuple(f"{n}_{p}" for n in SETS for p in ("label", "mask"))}
+            return self._jit_objective(numeric, training)
         task_loss, q_logits = self.adapt_and_score(encoded, self.inner_steps, self.inner_learning_rate,
                                                    training=training)
         return task_loss, q_logits
@@ -292,39 +333,56 @@ class LiMAMLModel(keras.Model):
         return sum(tf.reduce_sum(v) for v in out.values()) / normalizer
 
     def _normalizer(self, encoded):
-        """Tasks with a query sample (meta learning) or real samples (vanilla) in the whole batch."""
+        """Tasks with a query sample (meta learning) or real samples (vanilla) in the whole *global*
+        batch: under a tf.distribute strategy the count is summed over replicas, so the all-reduced
+        sum of the replicas' losses is the single-device mean over the global batch."""
         if self.meta_learning:
-            return tf.maximum(tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0,
-                                                    self.compute_dtype)), 1.0)
-        return tf.maximum(sum(tf.reduce_sum(encoded[f"{n}_mask"]) for n in SETS), 1.0)
+            count = tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, self.compute_dtype))
+        else:
+            count = sum(tf.reduce_sum(encoded[f"{n}_mask"]) for n in SETS)
+        return tf.maximum(_sum_over_replicas(count), 1.0)
 
     def compute_gradients(self, bundle):
-        """(loss, gradients for self.trainable_variables, query logits, encoded bundle) of one step."""
+        """(loss, gradients for self.trainable_variables, query logits, encoded bundle) of one step.
+
+        Under a tf.distribute strategy, loss and gradients are this replica's share: its tasks'
+        losses over the global task count (summing the shares over replicas gives the global ones)."""
         encoded = self.encode_bundle(bundle)
         normalizer = self._normalizer(encoded)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
         total_loss, grads, logits = 0.0, [tf.zeros_like(v) for v in variables], []
         for _, chunk in self._chunks(encoded):
             with tf.GradientTape() as tape:
                 out, q_logits = self.objective(chunk, training=True)
                 loss = self._weighted_loss(out, chunk, normalizer)
-                scaled = loss / replicas
-            chunk_grads = tape.gradient(scaled, variables)
+            chunk_grads = tape.gradient(loss, variables)
             grads = [g + _dense(c, v) for g, c, v in zip(grads, chunk_grads, variables)]
             total_loss += loss
             logits.append(q_logits)
         return total_loss, grads, tf.concat(logits, 0), encoded
 
     def _update_metrics(self, loss, encoded, q_logits):
-        self.loss_tracker.update_state(loss)
+        # the Mean tracker sums totals and counts over replicas: a replica's share * R averages to the total
+        self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
         self.auc_metric.update_state(tf.reshape(encoded["query_label"], [-1]), tf.reshape(tf.sigmoid(q_logits), [-1]),
                                      sample_weight=tf.reshape(encoded["query_mask"], [-1]))
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces a multi-worker step's logs with reduce("MEAN", axis=0), which fails on
+            # scalars (tensorflow/tensorflow#72388): give them a leading axis.
+            logs = {k: v[None] for k, v in logs.items()}
+        return logs
 
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
         loss, grads, q_logits, encoded = self.compute_gradients(bundle)
+        context = _replica_context()
+        if context is not None and _clips(self.optimizer):
+            # Keras clips each replica's share *before* its all-reduce, which is not the clip of the global
+            # gradient: reduce here, clip, and give the optimizer a 1/R share of the clipped gradient (its
+            # all-reduce sums the shares back; its own clip is then a no-op).
+            grads = _clip(self.optimizer, context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
+            grads = [g / context.num_replicas_in_sync for g in grads]
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         for v in self.meta_block.non_trainable_variables + self.global_block.non_trainable_variables:
             if _is_seed_state(v):  # fresh randomness next step (per-task offsets are added per call)
@@ -340,7 +398,7 @@ class LiMAMLModel(keras.Model):
         bundle = data[0] if isinstance(data, tuple) else data
         encoded, task_loss, q_logits = self._score_bundle(bundle)
         has_query = tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, self.compute_dtype)
-        loss = tf.reduce_sum(task_loss * has_query) / tf.maximum(tf.reduce_sum(has_query), 1.0)
+        loss = tf.reduce_sum(task_loss * has_query) / tf.maximum(_sum_over_replicas(tf.reduce_sum(has_query)), 1.0)
         return self._update_metrics(loss, encoded, q_logits)
 
     def predict_step(self, data):
@@ -359,6 +417,16 @@ class LiMAMLModel(keras.Model):
                 reduce_retracing=True)
         return self._adapt_fns[steps](bundle, tf.constant(lr, tf.float32)).numpy()
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy, Keras 3 averages a sample batch over the replicas here to build
+        # the model symbolically, which fails on string features (raw categorical inputs). Every weight
+        # exists since __init__: only the optimizer needs building (in the strategy's scope).
+        if self._distribute_strategy is None:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        with self.distribute_strategy.scope():
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+
     # -- serialization -----------------------------------------------------
     def get_config(self):
         return {
@@ -369,7 +437,7 @@ class LiMAMLModel(keras.Model):
             "inner_steps": self.inner_steps, "inner_learning_rate": self.inner_learning_rate,
             "first_order": self.first_order, "adapt_global_block": self.adapt_global_block,
             "eval_steps": self.eval_steps, "eval_learning_rate": self.eval_learning_rate,
-            "max_tasks_per_chunk": self.max_tasks_per_chunk,
+            "max_tasks_per_chunk": self.max_tasks_per_chunk, "jit_inner_loop": self.jit_inner_loop,
         }
 
     @classmethod

@@ -96,8 +96,16 @@ def parse_fn(spec: FeatureSpec, support_length: int, query_length: int):
 
 
 def task_dataset(directory: str, tasks_per_batch: int, shuffle: bool = True, seed: int = 0,
-                 repeat: bool = False) -> tf.data.Dataset:
-    """Fixed-shape task batches read from a directory written by `write_tasks` / the data pipeline."""
+                 repeat: bool = False, cache: bool | str = False, shuffle_buffer: int = 4096,
+                 parse_batch: int = 256) -> tf.data.Dataset:
+    """Fixed-shape task batches read from a directory written by `write_tasks` / the data pipeline.
+
+    Files are read in parallel (interleave), examples are parsed in vectorized blocks of
+    `parse_batch` on parallel threads, and batches are prefetched. `cache=True` keeps the parsed,
+    padded tasks in memory after the first epoch (a string: a cache file path), so later epochs only
+    shuffle and batch. Under MultiWorkerMirroredStrategy, tf.data's default auto-shard policy gives
+    each worker its own files when there are at least as many files as workers.
+    """
     spec, s_len, q_len = read_meta(directory)
     files = sorted(tf.io.gfile.glob(os.path.join(directory, "*.tfrecord")))
     if not files:
@@ -107,12 +115,16 @@ def task_dataset(directory: str, tasks_per_batch: int, shuffle: bool = True, see
         ds = ds.shuffle(len(files), seed=seed)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 4),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    if shuffle:
-        ds = ds.shuffle(4096, seed=seed)
-    if repeat:
-        ds = ds.repeat()
     parse = parse_fn(spec, s_len, q_len)
     drop_time = lambda b: {k: v for k, v in b.items() if not k.endswith("_time")}  # noqa: E731
-    ds = ds.batch(tasks_per_batch).map(lambda x: pad_task_count(drop_time(parse(x)), tasks_per_batch),
+    ds = ds.batch(parse_batch).map(lambda x: drop_time(parse(x)), num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=not shuffle).unbatch()
+    if cache:
+        ds = ds.cache("" if cache is True else cache)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(tasks_per_batch).map(lambda b: pad_task_count(b, tasks_per_batch),
                                        num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,319 @@
+"""Training speed of LiMAML, measured side by side in one run (issue 6).
+
+    python -m benchmarks.training_speed            # everything (about 10-20 min on 2 busy cores)
+    python -m benchmarks.training_speed --quick    # fewer configurations and repeats
+
+(a) LiMAML step time / vanilla step time for n = 1..5, first and second order, on MovieLens-100K
+    (read from --ml100k, default ../shared/data/ml-100k; skipped with a note if absent) and on
+    synthetic data at MovieLens-1M scale (6,040 tasks, median 165 samples per task);
+(b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
+    gradients summed) at 64 and 256 tasks;
+(c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process);
+(d) peak memory (resident set growth of a fresh process over a training step) per configuration.
+
+A "step" is one outer step of `model.train_step` (encode, inner loops, outer gradient, Adam
+update) compiled with tf.function on one fixed task batch. Times are medians over repeats, and
+the configurations are interleaved in every repeat so that load from other processes hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ML100K = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                      "ml-100k")
+TASKS_PER_BATCH = 32
+
+
+# -- data ----------------------------------------------------------------------
+def movielens_100k(path: str):
+    """MovieLens-100K as task-grouped interactions: task = user, label = rating >= 4, meta features =
+    the user's age / gender / occupation, other features = the movie's id and genres."""
+    import pandas as pd
+
+    from limaml_tf.features import Feature, FeatureSpec
+
+    ratings = pd.read_csv(os.path.join(path, "u.data"), sep="\t", names=["user", "item", "rating", "timestamp"])
+    users = pd.read_csv(os.path.join(path, "u.user"), sep="|", names=["user", "age", "gender", "occupation", "zip"])
+    genres = [f"g{i}" for i in range(19)]
+    items = pd.read_csv(os.path.join(path, "u.item"), sep="|", encoding="latin-1", header=None,
+                        names=["item", "title", "release", "video", "url", *genres])
+    items["genres"] = items[genres].apply(lambda r: "|".join(g for g in genres if r[g]), axis=1)
+    df = ratings.merge(users, on="user").merge(items[["item", "genres"]], on="item")
+    df = pd.DataFrame({"user_id": df.user.astype(str), "timestamp": df.timestamp.astype(float),
+                       "label": (df.rating >= 4).astype(int), "age": df.age.astype("float32"),
+                       "gender": df.gender, "occupation": df.occupation, "item_id": df.item.astype(str),
+                       "genres": df.genres})
+    spec = FeatureSpec("user_id", "timestamp", "label",
+                       meta_features=(Feature("age", "numeric"), Feature("gender", "categorical", num_bins=4),
+                                      Feature("occupation", "categorical", num_bins=32)),
+                       other_features=(Feature("item_id", "categorical", num_bins=2000),
+                                       Feature("genres", "multi_valued", num_bins=32, max_len=3)))
+    return df, spec.fit(df)
+
+
+def datasets(args):
+    """name -> TaskSet (support 75 % / query 25 % of each task's most recent samples)."""
+    from limaml_tf import make_synthetic, split_tasks
+
+    out = {}
+    if os.path.exists(os.path.join(args.ml100k, "u.data")):
+        df, spec = movielens_100k(args.ml100k)
+        out["ml-100k"] = split_tasks(df, spec, max_samples_per_task=128)
+    else:
+        print(f"(ML-100K not found at {args.ml100k}: skipped; pass --ml100k)")
+    df, spec = make_synthetic(num_tasks=6040, num_items=3700, mean_samples_per_task=165, seed=0)
+    out["synthetic ML-1M scale"] = split_tasks(df.iloc[: args.rows_1m] if args.rows_1m else df, spec.fit(df),
+                                               max_samples_per_task=256)
+    return out
+
+
+# -- models and compiled steps --------------------------------------------------
+def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit: bool = False):
+    import keras
+
+    from limaml_tf import LiMAMLModel, MLPGlobalBlock, MLPMetaBlock, VanillaModel
+
+    blocks = (MLPMetaBlock(spec.meta_features, output_dim=8), MLPGlobalBlock(spec.other_features))
+    if kind == "vanilla":
+        model = VanillaModel(*blocks, spec)
+    else:
+        model = LiMAMLModel(*blocks, spec, inner_steps=inner_steps, inner_learning_rate=0.5, first_order=first_order,
+                            jit_inner_loop=jit)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def compiled_step(model):
+    import tensorflow as tf
+
+    return tf.function(model.train_step)
+
+
+def as_tensors(bundle):
+    import tensorflow as tf
+
+    return tf.nest.map_structure(tf.constant, {k: v for k, v in bundle.items() if not k.endswith("_time")})
+
+
+def first_batch(tasks, n):
+    return as_tensors(next(tasks.batches(n)))
+
+
+def timed(fn, arg, steps: int) -> float:
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = fn(arg)
+    tf.nest.flatten(out)[0].numpy()  # wait for the result
+    return (time.perf_counter() - start) / steps
+
+
+def interleaved(fns: dict, args: dict, repeats: int, steps: int) -> dict:
+    """Median seconds per call of every fn, the fns interleaved in each repeat."""
+    for name, fn in fns.items():  # trace + warm up
+        timed(fn, args[name], 1)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(timed(fn, args[name], steps))
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+# -- (a) LiMAML / vanilla ------------------------------------------------------
+def bench_step_ratio(tasks_by_name: dict, args) -> dict:
+    results = {}
+    for name, tasks in tasks_by_name.items():
+        bundle = first_batch(tasks, TASKS_PER_BATCH)
+        configs = {"vanilla": ("vanilla", 0, False, False)}
+        for n in args.inner_steps:
+            configs[f"n={n} 2nd"] = ("limaml", n, False, False)
+            configs[f"n={n} 1st"] = ("limaml", n, True, False)
+        configs["n=1 2nd xla"] = ("limaml", 1, False, True)
+        configs["n=1 1st xla"] = ("limaml", 1, True, True)
+        fns = {c: compiled_step(build(*config[:1], tasks.spec, *config[1:])) for c, config in configs.items()}
+        times = interleaved(fns, {c: bundle for c in fns}, args.repeats, args.steps)
+        print(f"\n(a) {name}: {TASKS_PER_BATCH} tasks/batch, support {tasks.support_length} + query "
+              f"{tasks.query_length} slots/task; vanilla step {1e3 * times['vanilla']:.1f} ms")
+        print(f"    {'n':>3} {'2nd order':>12} {'1st order':>12}   (LiMAML step time / vanilla step time)")
+        for n in args.inner_steps:
+            print(f"    {n:>3} {times[f'n={n} 2nd'] / times['vanilla']:>11.2f}x "
+                  f"{times[f'n={n} 1st'] / times['vanilla']:>11.2f}x")
+        print(f"    n=1 with jit_inner_loop=True (XLA): {times['n=1 2nd xla'] / times['vanilla']:.2f}x 2nd order, "
+              f"{times['n=1 1st xla'] / times['vanilla']:.2f}x 1st order")
+        results[name] = times
+    return results
+
+
+# -- (b) vectorized vs per-task loop ---------------------------------------------
+def bench_vectorized(tasks, args) -> dict:
+    import tensorflow as tf
+
+    model = build("limaml", tasks.spec, 1, False)
+    xla_model = build("limaml", tasks.spec, 1, False, jit=True)
+    xla_model.set_weights(model.get_weights())
+    per_task = tf.function(lambda b: model.compute_gradients(b)[1])
+    vectorized = tf.function(lambda b: model.compute_gradients(b)[1])
+    vectorized_xla = tf.function(lambda b: xla_model.compute_gradients(b)[1])
+    results = {}
+    print(f"\n(b) outer gradient of a batch, LiMAML n=1 second order, support {tasks.support_length} + query "
+          f"{tasks.query_length} slots/task")
+    for t in args.task_counts:
+        bundle = first_batch(tasks, t)
+        singles = [tf.nest.map_structure(lambda a: a[i:i + 1], bundle) for i in range(t)]
+
+        def loop(_):
+            grads = None
+            for single in singles:  # one compiled single-task step per task
+                g = per_task(single)
+                grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+            return [g / t for g in grads]
+
+        # same gradient (tasks all have a query sample here, so the mean over tasks is the same)
+        ref, got = vectorized(bundle), loop(None)
+        err = max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(ref, got))
+        times = interleaved({"vectorized": vectorized, "xla": vectorized_xla, "loop": loop},
+                            {"vectorized": bundle, "xla": bundle, "loop": None}, max(2, args.repeats // 2), 1)
+        results[t] = times
+        print(f"    {t:>4} tasks: per-task loop {1e3 * times['loop']:7.1f} ms; vectorized "
+              f"{1e3 * times['vectorized']:7.1f} ms = {times['loop'] / times['vectorized']:.1f}x faster "
+              f"(max |grad diff| {err:.1e}); vectorized + XLA {1e3 * times['xla']:7.1f} ms = "
+              f"{times['loop'] / times['xla']:.1f}x faster")
+    return results
+
+
+# -- (c) replicas, (d) memory: fresh processes -----------------------------------
+def _worker(argv):
+    """Runs in a fresh process: --replicas R (steps/s of fit) or --memory CONFIG (peak RSS growth)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--replicas", type=int)
+    p.add_argument("--memory")
+    p.add_argument("--tasks", type=int, default=6040)
+    p.add_argument("--steps", type=int, default=10)
+    a = p.parse_args(argv)
+    import tensorflow as tf
+
+    from limaml_tf import make_synthetic, split_tasks
+    from limaml_tf.training import logical_cpus
+
+    df, spec = make_synthetic(num_tasks=a.tasks, num_items=3700, mean_samples_per_task=165, seed=0)
+    tasks = split_tasks(df, spec.fit(df), max_samples_per_task=256)
+    if a.replicas:
+        strategies = {1: tf.distribute.get_strategy(), 2: tf.distribute.MirroredStrategy(logical_cpus(2))}
+        out = {}
+        for r in (1, 2, 1, 2):  # interleaved: the second pass of each is the measurement
+            with strategies[r].scope():
+                model = build("limaml", tasks.spec, 1, False)
+            ds = tasks.dataset(TASKS_PER_BATCH, repeat=True)
+            model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
+            start = time.perf_counter()
+            model.fit(ds, epochs=1, steps_per_epoch=a.steps, verbose=0)
+            out[r] = a.steps / (time.perf_counter() - start)
+        print(json.dumps(out))
+        return
+    kind, n, order = a.memory.split(",")
+    model = build(kind, tasks.spec, int(n), order == "1")
+    fn = compiled_step(model)
+    bundle = first_batch(tasks, TASKS_PER_BATCH)
+    base = _rss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    timed(fn, bundle, 1)  # the first call traces; run two more to see the steady state
+    timed(fn, bundle, 2)
+    done.set()
+    thread.join()
+    print(json.dumps({"peak_rss_growth_mb": (peak[0] - base) / 2**20,
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _run_worker(*argv) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.training_speed", "--worker", *argv], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_replicas(args) -> dict:
+    steps = _run_worker("--replicas", "2", "--tasks", str(args.replica_tasks), "--steps", str(args.steps * 3))
+    print(f"\n(c) LiMAML n=1 fit on synthetic ML-1M-scale tasks, {TASKS_PER_BATCH} tasks per global batch: "
+          f"1 replica {steps['1']:.2f} steps/s, 2 replicas (MirroredStrategy, 2 logical CPUs) "
+          f"{steps['2']:.2f} steps/s -> {steps['2'] / steps['1']:.2f}x")
+    return steps
+
+
+def bench_memory(args) -> dict:
+    print(f"\n(d) peak memory of a training step ({TASKS_PER_BATCH} tasks of 192 + 64 slots, fresh process each):")
+    out = {}
+    for label, config in [("vanilla", "vanilla,0,0"), ("LiMAML n=1 2nd order", "limaml,1,0"),
+                          ("LiMAML n=1 1st order", "limaml,1,1"), ("LiMAML n=5 2nd order", "limaml,5,0")]:
+        out[label] = _run_worker("--memory", config, "--tasks", str(args.replica_tasks))
+        print(f"    {label:<22} step peak RSS growth {out[label]['peak_rss_growth_mb']:7.1f} MB "
+              f"(process max RSS {out[label]['max_rss_mb']:.0f} MB)")
+    return out
+
+
+def main(argv=None):
+    if argv and argv[0] == "--worker":
+        return _worker(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="n in {1, 5}, 3 repeats")
+    p.add_argument("--ml100k", default=os.path.normpath(ML100K))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="steps per timing")
+    p.add_argument("--rows-1m", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--replica-tasks", type=int, default=1024, help="tasks generated for (c) and (d)")
+    p.add_argument("--only", default="abcd", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args(argv)
+    args.inner_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
+    args.task_counts = [64, 256]
+    if args.quick:
+        args.repeats = min(args.repeats, 3)
+
+    import tensorflow as tf
+
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
+    results = {}
+    tasks = datasets(args) if set(args.only) & set("ab") else {}
+    if "a" in args.only:
+        results["a"] = bench_step_ratio(tasks, args)
+    if "b" in args.only:
+        results["b"] = bench_vectorized(tasks["synthetic ML-1M scale"], args)
+    if "c" in args.only:
+        results["c"] = bench_replicas(args)
+    if "d" in args.only:
+        results["d"] = bench_memory(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,83 @@
+"""The paper's training speed-ups as options (LiMAML §5, Table 6), and tf.distribute helpers.
+
+* large task batches with the outer (global) learning rate scaled linearly with the
+  number of tasks per batch: `lr = base_lr * tasks_per_batch / base_tasks`;
+* global-norm clipping of the outer gradient (default 1.0);
+* linear warm-up then cosine decay (`keras.optimizers.schedules.CosineDecay`);
+* `n` (inner steps) is the model's `inner_steps` (paper: n = 1 is as good as 5).
+
+Distributed training is plain Keras: build and compile the model under a
+`tf.distribute` strategy's scope and call `fit` with a dataset of *global* task batches.
+Each replica runs the inner loops of its share of the tasks; the outer gradients are
+all-reduced once per step (see `LiMAMLModel.train_step`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+
+def scaled_learning_rate(tasks_per_batch: int, base_lr: float = 3e-3, base_tasks: int = 32) -> float:
+    """Linear scaling rule: the outer learning rate grows with the (global) tasks per batch."""
+    if tasks_per_batch < 1 or base_tasks < 1:
+        raise ValueError(f"tasks_per_batch and base_tasks must be >= 1, got {tasks_per_batch}, {base_tasks}")
+    return base_lr * tasks_per_batch / base_tasks
+
+
+def make_schedule(peak_lr: float, warmup_steps: int = 0, decay_steps: int | None = None, alpha: float = 0.1):
+    """Linear warm-up from 0 to `peak_lr` over `warmup_steps`, then cosine decay to `alpha * peak_lr`
+    over `decay_steps`. Without `decay_steps` and warm-up: the constant `peak_lr`."""
+    if warmup_steps < 0 or (decay_steps is not None and decay_steps < 1):
+        raise ValueError(f"warmup_steps must be >= 0 and decay_steps >= 1, got {warmup_steps}, {decay_steps}")
+    if not warmup_steps and decay_steps is None:
+        return peak_lr
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(peak_lr, decay_steps, alpha=alpha)
+    # decay_steps=None: warm up, then hold (a decay too long to matter)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps or 2**31 - 1, alpha=alpha,
+                                                  warmup_target=peak_lr, warmup_steps=warmup_steps)
+
+
+def make_optimizer(tasks_per_batch: int, base_lr: float = 3e-3, base_tasks: int = 32, clipnorm: float | None = 1.0,
+                   warmup_steps: int = 0, decay_steps: int | None = None, alpha: float = 0.1,
+                   optimizer: str = "adam") -> keras.optimizers.Optimizer:
+    """The outer-loop optimizer with the paper's settings.
+
+    Args:
+      tasks_per_batch: tasks per *global* batch (all replicas together).
+      base_lr, base_tasks: the learning rate that suits `base_tasks` tasks per batch; scaled linearly.
+      clipnorm: global-norm clip of the outer gradient (None: no clipping).
+      warmup_steps, decay_steps, alpha: see `make_schedule`.
+      optimizer: a Keras optimizer name ("adam", "adamw", "sgd", ...).
+    """
+    lr = make_schedule(scaled_learning_rate(tasks_per_batch, base_lr, base_tasks), warmup_steps, decay_steps, alpha)
+    return keras.optimizers.get({"class_name": optimizer,
+                                 "config": {"learning_rate": lr, "global_clipnorm": clipnorm}})
+
+
+def logical_cpus(count: int) -> list:
+    """Splits the first CPU into `count` logical devices (call before TensorFlow touches any device);
+    MirroredStrategy then runs one replica per logical device. For tests and benchmarks on CPU."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def multi_worker_config(ports: list[int], index: int, host: str = "localhost") -> str:
+    """TF_CONFIG of worker `index` of a cluster of local workers listening on `ports`."""
+    return json.dumps({"cluster": {"worker": [f"{host}:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def is_chief() -> bool:
+    """True on the process that should write artifacts: the "chief" task if the cluster has one,
+    else worker 0, or the only process (no TF_CONFIG)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return int(task.get("index", 0)) == 0
