@@ -14,6 +14,7 @@ import keras
 from limaml_tf.blocks import MLPGlobalBlock, MLPMetaBlock
 from limaml_tf.evaluation import auc_by_slice, predict_tasks
 from limaml_tf.model import LiMAMLModel, VanillaModel
+from limaml_tf.refresh import refresh_step
 from limaml_tf.synthetic import make_synthetic
 from limaml_tf.tasks import paired_tasks, split_tasks, time_split
 
@@ -60,6 +61,7 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
         print(f"{label:<20}{r['all']:>8.4f}{r['<25']:>8.4f}{r['>=25']:>8.4f}{100 * (r['all'] / base - 1):>+17.2f}%")
     summary = {"auc": results, "train_seconds": timings}
     limaml.save(os.path.join(workdir, "limaml.keras"))
+    summary["refresh"] = refresh_step(workdir, limaml, df)  # adapter -> Beam refresh -> Feast (SQLite)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return {"summary": summary, "limaml": limaml, "vanilla": vanilla, "spec": spec, "train_df": train_df,
