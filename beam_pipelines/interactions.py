@@ -273,6 +273,7 @@ def select(kind: str):
 
 def concat_sorted(parts) -> pd.DataFrame:
     """Concatenates (batch id, DataFrame) parts in batch-id order, so row order (the tie-break of
-    equal timestamps) does not depend on the order a GroupByKey delivered them."""
-    parts = sorted(parts, key=lambda p: p[0])
-    return pd.concat([p[1] for p in parts], ignore_index=True) if parts else pd.DataFrame()
+    equal timestamps) does not depend on the order a GroupByKey delivered them. A batch delivered
+    twice (at-least-once runners; Beam 2.77's DaskRunner re-delivers elements) is used once."""
+    unique = dict(parts)
+    return pd.concat([unique[k] for k in sorted(unique)], ignore_index=True) if unique else pd.DataFrame()

@@ -225,7 +225,7 @@ class EmbedTail(_EmbedBase):
 
     def process(self, element):
         _, parts = element
-        parts = sorted(parts, key=lambda p: (p[0], p[1]))
+        parts = sorted({(p[0], p[1]): p for p in parts}.values(), key=lambda p: (p[0], p[1]))  # once each
         tables = []
         for kind in ("adapted", "cold_start"):
             frames = [p[2] for p in parts if p[0] == kind]
