@@ -156,11 +156,14 @@ def check_rows(df: pd.DataFrame, spec: FeatureSpec, require_label: bool = True,
     The first problem of a row is its reason. Usable rows have: task key as str, timestamp in
     float seconds, label 0/1, finite numeric features, "" for a missing categorical value.
     """
-    reason = pd.Series("", index=df.index, dtype=object)
+    reasons: list[str] = [""]  # reason code per row: 0 = fine, i = reasons[i]
+    code = np.zeros(len(df), np.int32)
 
     def flag(bad, why: str):
-        bad = np.asarray(bad, bool)
-        reason[(reason == "") & bad] = why
+        bad = np.asarray(bad, bool) & (code == 0)
+        if bad.any():
+            reasons.append(why)
+            code[bad] = len(reasons) - 1
 
     known = {spec.task_key, spec.timestamp, spec.label, *(f.name for f in spec.features), *ignore_columns}
     for c in df.columns:
@@ -171,11 +174,12 @@ def check_rows(df: pd.DataFrame, spec: FeatureSpec, require_label: bool = True,
     for c in required:
         if c not in df.columns:
             flag(np.ones(len(df), bool), f"missing column {c!r}: add it to the input or remove it from the spec")
-    out = pd.DataFrame(index=df.index)
+    out = {}
     if spec.task_key in df.columns:
-        key = df[spec.task_key]
-        flag(key.isna() | (key.astype(str).str.strip() == ""), f"missing task key {spec.task_key!r}")
-        out[spec.task_key] = key.astype(str)
+        keys, uniques = pd.factorize(df[spec.task_key])  # NaN/None -> -1; test each distinct key once
+        blank = np.array([str(k).strip() == "" for k in uniques] + [True])
+        flag(blank[keys], f"missing task key {spec.task_key!r}")
+        out[spec.task_key] = np.append(uniques.astype(str), "")[keys]
     if spec.timestamp in df.columns:
         out[spec.timestamp] = to_seconds(df[spec.timestamp])
         flag(~np.isfinite(out[spec.timestamp]), f"missing or non-numeric timestamp {spec.timestamp!r}")
@@ -197,8 +201,9 @@ def check_rows(df: pd.DataFrame, spec: FeatureSpec, require_label: bool = True,
             out[f.name] = col.where(col.notna(), "").astype(str)
         else:
             out[f.name] = col.where(col.notna(), "")
-    bad = reason != ""
-    dead = pd.DataFrame({"reason": reason[bad]})
+    out = pd.DataFrame(out, index=df.index)
+    bad = code > 0
+    dead = pd.DataFrame({"reason": np.array(reasons, object)[code[bad]]}, index=df.index[bad])
     dead["row"] = df[bad].to_json(orient="records", lines=True, default_handler=str).splitlines() if bad.any() else []
     return out[~bad], dead
 
