@@ -22,7 +22,8 @@ import pandas as pd
 
 from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, concat_sorted, read_dead_letter,
                                          read_interactions, select)
-from beam_pipelines.refresh_embeddings import _worker_pythonpath, auto_buckets, beam_options, parse_as_of
+from beam_pipelines.refresh_embeddings import (_worker_pythonpath, auto_buckets, beam_options, parse_as_of,
+                                               run_and_wait)
 from limaml_tf.export import SPEC_FILE, atomic_directory, read_extra
 from limaml_tf.features import FeatureError, FeatureSpec
 from limaml_tf.tasks import split_tasks
@@ -95,17 +96,18 @@ def build_training_data(input: str, spec: FeatureSpec | str, output: str, max_sa
     with atomic_directory(output) as tmp:
         dead_dir = os.path.join(tmp, "dead_letter")
         os.makedirs(dead_dir)
-        with beam.Pipeline(options=beam_options(list(beam_args), workers)) as p:
-            rows = read_interactions(p, input, spec, input_format)
-            if tables:
-                rows = rows | "JoinFeatures" >> beam.ParDo(JoinFeatures(tables))
-            checked = rows | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, start, end,
-                                                                           ignore_columns))
-            _ = checked | "DeadRows" >> select("dead") | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetter(dead_dir))
-            _ = (checked | "Rows" >> select("rows") | "GroupByBucket" >> beam.GroupByKey()
-                 | "SplitTasks" >> beam.ParDo(SplitBucket(spec, max_samples, support_fraction, min_samples))
-                 | "WriteTasks" >> beam.io.WriteToTFRecord(os.path.join(tmp, "tasks"), file_name_suffix=".tfrecord",
-                                                           num_shards=num_shards))
+        p = beam.Pipeline(options=beam_options(list(beam_args), workers))
+        rows = read_interactions(p, input, spec, input_format)
+        if tables:
+            rows = rows | "JoinFeatures" >> beam.ParDo(JoinFeatures(tables))
+        checked = rows | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, start, end,
+                                                                       ignore_columns, max_samples=max_samples))
+        _ = checked | "DeadRows" >> select("dead") | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetter(dead_dir))
+        _ = (checked | "Rows" >> select("rows") | "GroupByBucket" >> beam.GroupByKey()
+             | "SplitTasks" >> beam.ParDo(SplitBucket(spec, max_samples, support_fraction, min_samples))
+             | "WriteTasks" >> beam.io.WriteToTFRecord(os.path.join(tmp, "tasks"), file_name_suffix=".tfrecord",
+                                                       num_shards=num_shards))
+        run_and_wait(p)
         write_meta(tmp, spec, s_len, max_samples - s_len)
         dead = read_dead_letter(dead_dir)
         summary = {"output": os.path.abspath(output), "support_length": s_len, "query_length": max_samples - s_len,

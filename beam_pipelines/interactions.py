@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from limaml_tf.features import FeatureSpec
+from limaml_tf.tasks import keep_most_recent
 
 FORMATS = ("parquet", "tfrecord")
 DEAD_LETTER_COLUMNS = ("source", "reason", "row")
@@ -244,8 +245,8 @@ class CheckAndBucket(beam.DoFn):
     Rows outside [start, end) by timestamp are skipped (counted in a metric, not bad)."""
 
     def __init__(self, spec: FeatureSpec, num_buckets: int, start: float | None = None, end: float | None = None,
-                 ignore_columns=(), require_label: bool = True):
-        self.spec_json, self.num_buckets = spec.to_json(), num_buckets
+                 ignore_columns=(), require_label: bool = True, max_samples: int | None = None):
+        self.spec_json, self.num_buckets, self.max_samples = spec.to_json(), num_buckets, max_samples
         self.start, self.end, self.ignore_columns, self.require_label = start, end, tuple(ignore_columns), require_label
 
     def setup(self):
@@ -265,9 +266,11 @@ class CheckAndBucket(beam.DoFn):
         beam.metrics.Metrics.counter("rows", "outside_window").inc(int((~keep).sum()))
         beam.metrics.Metrics.counter("rows", "used").inc(int(keep.sum()))
         ok = ok[keep]
+        if self.max_samples and len(ok):  # "most recent N" is associative: cut before the shuffle
+            ok = keep_most_recent(ok, self.spec, self.max_samples).drop(columns=["_t", "_row"])
         if len(ok):
             for bucket, part in ok.groupby(stable_bucket(ok[self.spec.task_key], self.num_buckets), sort=True):
-                yield "rows", (int(bucket), (source, part))
+                yield "rows", (int(bucket), (source, compact(part)))
 
 
 def select(kind: str):
@@ -276,9 +279,24 @@ def select(kind: str):
     return beam.FlatMap(lambda e: [e[1]] if e[0] == kind else [])
 
 
+def compact(df: pd.DataFrame) -> pd.DataFrame:
+    """String columns as pandas categoricals: a shuffle then pickles each distinct string once."""
+    out = {}
+    for c in df.columns:
+        try:
+            out[c] = df[c].astype("category") if df[c].dtype == object else df[c]
+        except TypeError:  # lists (multi-valued features from TFRecord) are unhashable
+            out[c] = df[c]
+    return pd.DataFrame(out, index=df.index)
+
+
+def expand(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype({c: object for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)})
+
+
 def concat_sorted(parts) -> pd.DataFrame:
     """Concatenates (batch id, DataFrame) parts in batch-id order, so row order (the tie-break of
     equal timestamps) does not depend on the order a GroupByKey delivered them. A batch delivered
     twice (at-least-once runners; Beam 2.77's DaskRunner re-delivers elements) is used once."""
     unique = dict(parts)
-    return pd.concat([unique[k] for k in sorted(unique)], ignore_index=True) if unique else pd.DataFrame()
+    return expand(pd.concat([unique[k] for k in sorted(unique)], ignore_index=True)) if unique else pd.DataFrame()

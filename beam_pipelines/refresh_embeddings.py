@@ -41,8 +41,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
-from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, concat_sorted, read_dead_letter,
-                                         read_interactions, select, stable_bucket)
+from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, compact, concat_sorted, expand,
+                                         read_dead_letter, read_interactions, select, stable_bucket)
 from limaml_tf.export import CONFIG_FILE, SPEC_FILE, atomic_directory, read_extra
 from limaml_tf.features import FeatureSpec
 from limaml_tf.tasks import TaskSet, _pad_sets, keep_most_recent, pad_task_count
@@ -213,7 +213,7 @@ class EmbedBucket(_EmbedBase):
                                                               "adapted")])
                 rows = rows[~in_full]
             if len(rows):
-                yield "tail", (0, ("adapted", bucket, rows))
+                yield "tail", (0, ("adapted", bucket, compact(rows)))
         if serving is not None and len(serving):
             cold = serving[~serving[spec.task_key].isin(set(keys))].drop_duplicates(spec.task_key)
             if len(cold):
@@ -231,7 +231,7 @@ class EmbedTail(_EmbedBase):
             frames = [p[2] for p in parts if p[0] == kind]
             if not frames:
                 continue
-            df = pd.concat(frames, ignore_index=True)
+            df = expand(pd.concat(frames, ignore_index=True))
             if kind == "adapted":  # re-sort across buckets (each part is already cut to max_samples)
                 df = keep_most_recent(df.drop(columns=["_t", "_row"]), self.spec, self.max_samples)
                 keys = df[self.spec.task_key].drop_duplicates().to_numpy()
@@ -291,6 +291,16 @@ def _worker_pythonpath():
         os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
 
 
+def run_and_wait(p: beam.Pipeline) -> None:
+    """Runs `p` to completion (raising its error); closes the client DaskRunner opens, which would
+    otherwise linger and keep reconnecting to a closed cluster."""
+    result = p.run()
+    result.wait_until_finish()
+    client = getattr(result, "client", None)
+    if client is not None:
+        client.close()
+
+
 def auto_buckets(input_pattern: str, rows_per_bucket: int = 400_000) -> int:
     """Buckets ~ input rows / rows_per_bucket (from Parquet footers; 8 otherwise)."""
     from beam_pipelines.interactions import list_files
@@ -314,7 +324,7 @@ def build(p, *, input: str, adapter: str, out_dir: str, dead_dir: str, as_of: fl
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     checked = (read_interactions(p, input, spec, input_format, batch_rows)
                | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, as_of - days * DAY, as_of,
-                                                               ignore_columns)))
+                                                               ignore_columns, max_samples=max_samples)))
     dead_paths = (checked | "DeadRows" >> select("dead")
                   | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetter(dead_dir)))
     grouped_in = {"rows": checked | "Rows" >> select("rows")}
@@ -354,11 +364,12 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
         out_dir, dead_dir = os.path.join(tmp, "embeddings"), os.path.join(tmp, "dead_letter")
         os.makedirs(out_dir)
         os.makedirs(dead_dir)
-        with beam.Pipeline(options=beam_options(list(beam_args), workers)) as p:
-            build(p, input=input, adapter=adapter, out_dir=out_dir, dead_dir=dead_dir, as_of=as_of, days=days,
-                  max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
-                  input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
-                  tf_threads=tf_threads, batch_rows=batch_rows)
+        p = beam.Pipeline(options=beam_options(list(beam_args), workers))
+        build(p, input=input, adapter=adapter, out_dir=out_dir, dead_dir=dead_dir, as_of=as_of, days=days,
+              max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
+              input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
+              tf_threads=tf_threads, batch_rows=batch_rows)
+        run_and_wait(p)
         # The model's cold-start row (all features missing): what serving uses for a task never seen.
         loaded = _load_adapter(adapter, None)
         default = loaded.model.cold_start(default_features(spec, 1))["meta_embedding"].numpy()

@@ -11,7 +11,7 @@ adapter artifacts with k = 1 and k = 5 SGD steps. For each size and k:
                   between two sizes (start-up cancels out)
 
 Per core = tasks/s divided by the cores used (1 for adapter/direct/beam x1, W for beam xW).
-Run:  python -m benchmarks.refresh_throughput [--tasks 6040 60400] [--steps 1 5] [--workers 1 2]
+Run:  python -m benchmarks.refresh_throughput [--tasks 6040 60400] [--steps 1 5] [--growth-steps 1] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, nargs="+", default=[6040, 60400])
     p.add_argument("--steps", type=int, nargs="+", default=[1, 5])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--growth-steps", type=int, nargs="+", default=[1], help="k measured beyond the first size")
     p.add_argument("--beam-max-tasks", type=int, default=60400, help="skip Beam above this size (direct only)")
     p.add_argument("--max-samples", type=int, default=64)
     p.add_argument("--tasks-per-batch", type=int, default=256)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         data_dir = os.path.join(work, f"data-{n}")
         _, spec = make_data(n, data_dir)
         model, _ = build_models(spec)
-        for k in args.steps:
+        for k in (args.steps if n == args.tasks[0] else args.growth_steps):
             adapter = export_adapter(model, os.path.join(work, f"adapter-{n}-k{k}"), steps=k)
 
             def report(runner, seconds, cores, note=""):
