@@ -245,8 +245,10 @@ class CheckAndBucket(beam.DoFn):
     Rows outside [start, end) by timestamp are skipped (counted in a metric, not bad)."""
 
     def __init__(self, spec: FeatureSpec, num_buckets: int, start: float | None = None, end: float | None = None,
-                 ignore_columns=(), require_label: bool = True, max_samples: int | None = None):
+                 ignore_columns=(), require_label: bool = True, max_samples: int | None = None,
+                 manifest_dir: str | None = None):
         self.spec_json, self.num_buckets, self.max_samples = spec.to_json(), num_buckets, max_samples
+        self.manifest_dir = manifest_dir
         self.start, self.end, self.ignore_columns, self.require_label = start, end, tuple(ignore_columns), require_label
 
     def setup(self):
@@ -266,6 +268,10 @@ class CheckAndBucket(beam.DoFn):
         beam.metrics.Metrics.counter("rows", "outside_window").inc(int((~keep).sum()))
         beam.metrics.Metrics.counter("rows", "used").inc(int(keep.sum()))
         ok = ok[keep]
+        if self.manifest_dir:  # the task keys this batch contributes, for the driver's completeness check
+            path = FileSystems.join(self.manifest_dir, source.replace(":", "-").replace("/", "_") + ".txt")
+            with FileSystems.create(path) as f:
+                f.write("\n".join(sorted(set(ok[self.spec.task_key]))).encode())
         if self.max_samples and len(ok):  # "most recent N" is associative: cut before the shuffle
             ok = keep_most_recent(ok, self.spec, self.max_samples).drop(columns=["_t", "_row"])
         if len(ok):

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -315,8 +316,8 @@ def auto_buckets(input_pattern: str, rows_per_bucket: int = 400_000) -> int:
     return 8
 
 
-def build(p, *, input: str, adapter: str, out_dir: str, dead_dir: str, as_of: float, days: float,
-          max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
+def build(p, *, input: str, adapter: str, out_dir: str, dead_dir: str, manifest_dir: str, as_of: float,
+          days: float, max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
           serving_tasks: str | None = None, ignore_columns=(), tf_threads: int | None = None,
           batch_rows: int = 65_536):
     """Adds the refresh to pipeline `p`; returns the PCollection of written file paths."""
@@ -324,7 +325,8 @@ def build(p, *, input: str, adapter: str, out_dir: str, dead_dir: str, as_of: fl
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     checked = (read_interactions(p, input, spec, input_format, batch_rows)
                | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, as_of - days * DAY, as_of,
-                                                               ignore_columns, max_samples=max_samples)))
+                                                               ignore_columns, max_samples=max_samples,
+                                                               manifest_dir=manifest_dir)))
     dead_paths = (checked | "DeadRows" >> select("dead")
                   | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetter(dead_dir)))
     grouped_in = {"rows": checked | "Rows" >> select("rows")}
@@ -362,10 +364,12 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
     _worker_pythonpath()
     with atomic_directory(run_dir) as tmp:
         out_dir, dead_dir = os.path.join(tmp, "embeddings"), os.path.join(tmp, "dead_letter")
-        os.makedirs(out_dir)
-        os.makedirs(dead_dir)
+        manifest_dir = os.path.join(tmp, ".manifest")
+        for d in (out_dir, dead_dir, manifest_dir):
+            os.makedirs(d)
         p = beam.Pipeline(options=beam_options(list(beam_args), workers))
-        build(p, input=input, adapter=adapter, out_dir=out_dir, dead_dir=dead_dir, as_of=as_of, days=days,
+        build(p, input=input, adapter=adapter, out_dir=out_dir, dead_dir=dead_dir, manifest_dir=manifest_dir,
+              as_of=as_of, days=days,
               max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
               input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
               tf_threads=tf_threads, batch_rows=batch_rows)
@@ -389,10 +393,10 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
             "dead_letter_reasons": dead["reason"].value_counts().to_dict(), "num_buckets": num_buckets,
             "pipeline_seconds": round(time.perf_counter() - start, 3),
         }
-        if rows["task_key"].duplicated().any():
-            raise RuntimeError(f"duplicate task keys in the output: {rows['task_key'][rows['task_key'].duplicated()][:5]}")
+        check_complete(rows, manifest_dir)
         with open(os.path.join(tmp, "_SUCCESS.json"), "w") as f:
             json.dump(summary, f, indent=1)
+        shutil.rmtree(manifest_dir)
     summary["run_dir"] = run_dir
     if online_store:
         from limaml_tf.feature_store import EmbeddingStore
@@ -402,6 +406,23 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
         summary["store_dir"] = store.root
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def check_complete(rows: pd.DataFrame, manifest_dir: str) -> None:
+    """Every task with rows in the window has exactly one adapted row, or the run fails (and is not
+    committed): a runner that loses or repeats work must not publish silently wrong embeddings."""
+    expected = set()
+    for name in os.listdir(manifest_dir):
+        with open(os.path.join(manifest_dir, name)) as f:
+            expected.update(k for k in f.read().split("\n") if k)
+    adapted = rows.loc[rows["source"] == "adapted", "task_key"]
+    dup = adapted[adapted.duplicated()]
+    missing, extra = expected - set(adapted), set(adapted) - expected
+    if len(dup) or missing or extra:
+        raise RuntimeError(f"refresh output is incomplete: {len(expected)} tasks in the window, {len(adapted)} "
+                           f"adapted rows; missing {sorted(missing)[:5]} ({len(missing)}), unexpected "
+                           f"{sorted(extra)[:5]}, duplicated {list(dup[:5])}. Nothing was committed; the previous "
+                           "embeddings stay served. Re-run (on FnApiRunner, try --workers 1)")
 
 
 def read_embeddings(run_dir: str) -> pd.DataFrame:

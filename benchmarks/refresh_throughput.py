@@ -127,9 +127,13 @@ def main(argv=None) -> int:
             if n > args.beam_max_tasks:
                 continue
             for w in args.workers:
-                s = refresh(data_dir, adapter, os.path.join(work, f"out-{n}-k{k}-w{w}"), as_of, days=days,
-                            max_samples=args.max_samples, tasks_per_batch=args.tasks_per_batch,
-                            online_store=None, workers=w, tf_threads=1)
+                try:
+                    s = refresh(data_dir, adapter, os.path.join(work, f"out-{n}-k{k}-w{w}"), as_of, days=days,
+                                max_samples=args.max_samples, tasks_per_batch=args.tasks_per_batch,
+                                online_store=None, workers=w, tf_threads=1)
+                except RuntimeError as e:  # the completeness check refused the run's output
+                    print(f"{n:>8} {k:>2} beam x{w:<9} FAILED: {str(e)[:160]}", flush=True)
+                    continue
                 assert s["adapted"] == tasks, (s["adapted"], tasks)
                 report(f"beam x{w}", s["pipeline_seconds"], w, f"buckets={s['num_buckets']}")
     # marginal cost per task between the two smallest sizes (start-up cancels out)

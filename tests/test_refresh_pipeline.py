@@ -182,3 +182,14 @@ def test_dask_runner_local_cluster(setup, tmp_path):
     rows = rx.read_embeddings(s["run_dir"]).set_index("task_key")
     assert list(rows.index) == list(setup["rows"].index) and s["dead_letter"] == 3
     np.testing.assert_allclose(np.stack(rows.embedding), np.stack(setup["rows"].embedding), rtol=1e-6)
+
+
+def test_incomplete_output_fails_the_run(tmp_path):
+    (tmp_path / "batch-1.txt").write_text("u1\nu2")
+    (tmp_path / "batch-2.txt").write_text("u3")
+    rows = pd.DataFrame({"task_key": ["u1", "u2", "u3", "new"], "source": ["adapted"] * 3 + ["cold_start"]})
+    rx.check_complete(rows, str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"missing \['u3'\].*Nothing was committed"):
+        rx.check_complete(rows.iloc[[0, 1, 3]], str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"duplicated \['u1'\]"):
+        rx.check_complete(pd.concat([rows, rows.iloc[:1]]), str(tmp_path))
