@@ -209,6 +209,7 @@ class EmbedBucket(_EmbedBase):
             if n_full:
                 in_full = rows[spec.task_key].isin(set(full)).to_numpy()
                 emb = self.adapted(rows[in_full], full)
+                log.info("refresh: bucket %d embedded %d tasks", bucket, n_full)  # progress in the worker logs
                 yield "written", self.write(f"b{bucket:05d}",
                                             [embeddings_table(full, emb, self.model_version, self.computed_at,
                                                               "adapted")])
