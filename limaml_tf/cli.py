@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "limaml_tf.demo",
     "limaml_tf.serving.server",
+    "limaml_tf.refresh",
 ]
 
 

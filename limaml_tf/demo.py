@@ -1,8 +1,9 @@
 """`limaml demo`: the main job end to end on the embedded synthetic default.
 
 generate data -> time split -> train LiMAML and vanilla on the same task batches ->
-evaluate (paper protocol: adapt on the validation period, score the test period) -> export and
-serve one user's prediction through gRPC with its meta embedding from the store."""
+evaluate (paper protocol: adapt on the validation period, score the test period) -> export the
+adapter and refresh every user's meta embedding with Beam into Feast -> export the global block
+and serve one user's test-period request through gRPC with its embedding fetched from Feast."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import os
 import time
 
 import keras
+import pandas as pd
 
 from limaml_tf.blocks import MLPGlobalBlock, MLPMetaBlock
 from limaml_tf.evaluation import auc_by_slice, predict_tasks
+from limaml_tf.feature_store import EmbeddingStore
 from limaml_tf.model import LiMAMLModel, VanillaModel
+from limaml_tf.refresh import refresh_step
+from limaml_tf.serving.demo import serve_one_user
 from limaml_tf.synthetic import make_synthetic
 from limaml_tf.tasks import paired_tasks, split_tasks, time_split
 from limaml_tf.training import make_optimizer
@@ -66,10 +71,12 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
     for label, r in results.items():
         print(f"{label:<20}{r['all']:>8.4f}{r['<25']:>8.4f}{r['>=25']:>8.4f}{100 * (r['all'] / base - 1):>+17.2f}%")
     summary = {"auc": results, "train_seconds": timings}
-    from limaml_tf.serving.demo import serve_one_user  # export -> store -> gRPC for one user
-
-    summary["serving"] = serve_one_user(workdir, limaml, spec, train_df, valid_df, test_df)
     limaml.save(os.path.join(workdir, "limaml.keras"))
+    # Daily refresh as of the start of the test period: adapter -> Beam -> Feast (SQLite) ...
+    summary["refresh"] = refresh_step(workdir, limaml, pd.concat([train_df, valid_df]))
+    # ... then serve a test-period request through gRPC with the embedding fetched from Feast.
+    store = EmbeddingStore(summary["refresh"]["store_dir"])
+    summary["serving"] = serve_one_user(workdir, limaml, spec, train_df, valid_df, test_df, store=store)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return {"summary": summary, "limaml": limaml, "vanilla": vanilla, "spec": spec, "train_df": train_df,

@@ -200,15 +200,20 @@ class FeatureSpec:
 
 def multi_values_to_array(col: pd.Series, max_len: int) -> np.ndarray:
     """Lists (or "a|b|c" strings) -> [n, max_len] object array of strings, padded with ""."""
-    out = np.full((len(col), max_len), "", dtype=object)
-    for i, v in enumerate(col.to_numpy()):
+    values = col.to_numpy()
+    try:  # repeated values (e.g. an item's tags on every interaction with it) are parsed once
+        codes, values = pd.factorize(values, use_na_sentinel=False)
+    except TypeError:  # lists are unhashable
+        codes = None
+    out = np.full((len(values), max_len), "", dtype=object)
+    for i, v in enumerate(values):
         if isinstance(v, str):
             v = [s for s in v.split(MULTI_VALUE_SEPARATOR) if s]
         elif v is None or (isinstance(v, float) and np.isnan(v)):
             v = []
         v = [str(s) for s in v][:max_len]
         out[i, : len(v)] = v
-    return out
+    return out if codes is None else out[codes]
 
 
 @keras.saving.register_keras_serializable("limaml_tf")

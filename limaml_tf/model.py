@@ -18,6 +18,8 @@ Both adapt a task at evaluation time (`test_step`, `predict_step` on bundles,
 
 from __future__ import annotations
 
+import collections
+
 import keras
 import tensorflow as tf
 
@@ -33,6 +35,11 @@ def masked_mean_bce(labels, logits, mask):
     per_sample = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
     mask = tf.cast(mask, logits.dtype)
     return tf.reduce_sum(per_sample * mask, -1) / tf.maximum(tf.reduce_sum(mask, -1), 1.0)
+
+
+class _Untracked(collections.UserDict):
+    """A mapping Keras/TF object tracking leaves alone (a dict attribute gets wrapped, and its int keys
+    then break SavedModel export of a model that has run adapt_and_predict)."""
 
 
 def _dense(g, like):
@@ -122,7 +129,7 @@ class LiMAMLModel(keras.Model):
         self._jit_objective = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.auc_metric = keras.metrics.AUC(name="auc")
-        self._adapt_fns = {}
+        self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
         self(self.spec.dummy_inputs(2))  # creates every weight, so stateless calls and loading work
 
     # -- plain forward (un-adapted, or with a given meta embedding) ---------

@@ -3,6 +3,7 @@
 set -euo pipefail
 need=()
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # real-Redis Feast test
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,127 @@
+"""The meta-embedding store: Feast, with SQLite (embedded) or Redis as the online store.
+
+`EmbeddingStore(root, online_store)` keeps the Feast registry under `root`; the online store is
+`root/online_store.db` (SQLite, default) or a Redis server (`"redis://host:port[/db]"`). The
+refresh pipeline publishes a committed run with `publish(run_dir)`; serving reads with
+
+    get_embeddings(task_keys) -> (embeddings float32 [n, d], found bool [n])
+
+Keys with no row come back with found=False and the model's cold-start embedding (the row
+`__cold_start__`, the un-adapted meta block on all-missing features) so the array is always
+usable; callers that have a better fallback use `found`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from limaml_tf.feature_repo.embeddings import ENTITY_KEY, FEATURE_VIEW, definitions
+
+COLD_START_KEY = "__cold_start__"
+STATE_FILE = "embedding_store.json"
+WRITE_CHUNK = 20_000
+
+
+def online_store_config(online_store: str, root: str):
+    """'sqlite' | 'sqlite:///path.db' | 'redis://[:password@]host:port[/db]' -> Feast online store config."""
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+
+    if online_store in (None, "", "sqlite"):
+        return SqliteOnlineStoreConfig(path=os.path.join(root, "online_store.db"))
+    url = urllib.parse.urlparse(online_store)
+    if url.scheme == "sqlite":
+        return SqliteOnlineStoreConfig(path=url.path)
+    if url.scheme in ("redis", "rediss"):
+        conn = f"{url.hostname or 'localhost'}:{url.port or 6379}"
+        if url.path.strip("/"):
+            conn += f",db={int(url.path.strip('/'))}"
+        if url.password:
+            conn += f",password={urllib.parse.unquote(url.password)}"
+        if url.scheme == "rediss":
+            conn += ",ssl=true"
+        return RedisOnlineStoreConfig(connection_string=conn)
+    raise ValueError(f"online store {online_store!r}: use 'sqlite' or 'redis://host:port[/db]'")
+
+
+class EmbeddingStore:
+    def __init__(self, root: str, online_store: str | None = "sqlite", project: str = "limaml"):
+        from feast import FeatureStore, RepoConfig
+        from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.config = RepoConfig(project=project, provider="local", registry=os.path.join(self.root, "registry.db"),
+                                 online_store=online_store_config(online_store, self.root),
+                                 offline_store=DaskOfflineStoreConfig(), entity_key_serialization_version=3,
+                                 repo_path=self.root)
+        self.feast = FeatureStore(config=self.config)
+
+    # -- state ------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        path = os.path.join(self.root, STATE_FILE)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    @property
+    def dim(self) -> int:
+        if "embedding_dim" not in self.state:
+            raise RuntimeError(f"embedding store {self.root!r} is empty: run `limaml refresh` to publish embeddings")
+        return int(self.state["embedding_dim"])
+
+    # -- write ------------------------------------------------------------------
+    def publish(self, run_dir: str) -> int:
+        """Writes a committed refresh run (runs/<as_of>/ with _SUCCESS.json) to the online store and
+        points the feature view's offline source at it. Returns the number of rows written."""
+        success = os.path.join(run_dir, "_SUCCESS.json")
+        if not os.path.exists(success):
+            raise FileNotFoundError(f"{run_dir!r} is not a committed refresh run (no _SUCCESS.json): "
+                                    "publish only what the refresh pipeline committed")
+        with open(success) as f:
+            summary = json.load(f)
+        source = os.path.join(run_dir, "embeddings")
+        rows = pq.read_table(source, columns=["task_key", "embedding", "model_version", "computed_at"]).to_pandas()
+        dims = rows["embedding"].map(len).unique()
+        if len(dims) != 1:
+            raise ValueError(f"{run_dir!r} holds embeddings of sizes {sorted(dims)}: one run must have one size")
+        self.feast.apply(list(definitions(source)))
+        for start in range(0, len(rows), WRITE_CHUNK):
+            chunk = rows.iloc[start:start + WRITE_CHUNK].copy()
+            chunk["embedding"] = chunk["embedding"].map(lambda e: np.asarray(e, np.float32).tolist())
+            self.feast.write_to_online_store(FEATURE_VIEW, chunk)
+        state = {"embedding_dim": int(dims[0]), "model_version": summary["model_version"],
+                 "as_of": summary["as_of"], "run_dir": os.path.abspath(run_dir), "rows": len(rows)}
+        tmp = os.path.join(self.root, f".{STATE_FILE}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, os.path.join(self.root, STATE_FILE))
+        return len(rows)
+
+    # -- read -------------------------------------------------------------------
+    def online_rows(self, task_keys: list[str]) -> pd.DataFrame:
+        """Feast online lookup: columns task_key, embedding (None if missing), model_version."""
+        resp = self.feast.get_online_features(
+            features=[f"{FEATURE_VIEW}:embedding", f"{FEATURE_VIEW}:model_version"],
+            entity_rows=[{ENTITY_KEY: str(k)} for k in task_keys])
+        return pd.DataFrame(resp.to_dict())
+
+    def get_embeddings(self, task_keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        keys = [str(k) for k in task_keys]
+        d = self.dim
+        rows = self.online_rows(keys + [COLD_START_KEY])
+        values = rows["embedding"].tolist()
+        found = np.array([v is not None and len(v) == d for v in values[:-1]], bool)
+        cold = np.asarray(values[-1], np.float32) if values[-1] is not None else np.zeros(d, np.float32)
+        out = np.tile(cold, (len(keys), 1))
+        if found.any():
+            out[found] = np.asarray([values[i] for i in np.flatnonzero(found)], np.float32)
+        return out, found
