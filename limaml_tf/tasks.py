@@ -31,9 +31,14 @@ def _sorted(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     ts = df[spec.timestamp]
     if pd.api.types.is_datetime64_any_dtype(ts):
         ts = ts.astype("int64") / 1e9
-    out = df.assign(_t=ts.astype("float64"), _row=np.arange(len(df)))
-    out[spec.task_key] = out[spec.task_key].astype(str)
-    return out.sort_values([spec.task_key, "_t", "_row"], kind="stable").reset_index(drop=True)
+    keys = df[spec.task_key].astype(str)
+    # lexsort on integer codes of the (sorted) keys: same order as sorting the strings, much faster
+    codes, _ = pd.factorize(keys, sort=True)
+    t = ts.to_numpy(dtype="float64")
+    order = np.lexsort((np.arange(len(df)), t, codes))
+    out = df.assign(_t=t, _row=np.arange(len(df)))
+    out[spec.task_key] = keys
+    return out.iloc[order].reset_index(drop=True)
 
 
 def keep_most_recent(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None) -> pd.DataFrame:
