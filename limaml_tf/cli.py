@@ -9,6 +9,7 @@ import sys
 # module path -> registers one or more subcommands
 COMMAND_MODULES = [
     "limaml_tf.demo",
+    "limaml_tf.reproduce",
 ]
 
 

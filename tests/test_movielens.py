@@ -7,41 +7,7 @@ import pytest
 from limaml_tf.features import FeatureError
 from limaml_tf.movielens import interactions, load_movielens, load_tasks_frame, movielens_spec
 from limaml_tf.tasks import paired_tasks, split_tasks, time_split
-
-GENRE_FLAGS = {"1": [0, 0, 0, 1, 1, 1] + [0] * 13, "2": [0, 1, 1] + [0] * 13 + [1, 0, 0],
-               "3": [0] * 8 + [1] + [0] * 10}
-
-
-def write_ml100k(path, rng=None):
-    """u.data (tab), u.user / u.item (pipe, latin-1) with 3 movies and 4 users."""
-    rng = rng or np.random.default_rng(0)
-    path.mkdir(exist_ok=True)
-    rows = []
-    for u in range(1, 5):
-        times = np.sort(rng.integers(880_000_000, 880_000_000 + 90 * 86_400, 12))
-        times[3] = times[2]  # a tie: two ratings in the same second
-        for t in times:
-            rows.append(f"{u}\t{rng.integers(1, 4)}\t{rng.integers(1, 6)}\t{t}")
-    (path / "u.data").write_text("\n".join(rows) + "\n", encoding="latin-1")
-    (path / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|17|M|writer|32067\n"
-                                 "4|61|F|retired|10001\n", encoding="latin-1")
-    titles = {"1": "Toy Story (1995)", "2": "Misérables, Les (1995)", "3": "Café au lait (1994)"}
-    dates = {"1": "01-Jan-1995", "2": "01-Jan-1995", "3": ""}
-    items = [f"{m}|{titles[m]}|{dates[m]}||http://x|" + "|".join(map(str, GENRE_FLAGS[m])) for m in titles]
-    (path / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
-    return path
-
-
-def write_ml1m(path):
-    path.mkdir(exist_ok=True)
-    (path / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n2::10::4::978298413\n"
-                                      "2::30::1::978299000\n", encoding="latin-1")
-    (path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n", encoding="latin-1")
-    (path / "movies.dat").write_bytes("10::Misérables, Les (1995)::Drama|Musical\n20::Toy Story (1995)::"
-                                      "Animation|Children's|Comedy\n30::Année dernière (1961)::Drama\n"
-                                      .encode("latin-1"))
-    return path
-
+from movielens_fixtures import write_ml100k, write_ml1m
 
 def test_ml100k_loader_reads_official_format(tmp_path):
     ratings, users, movies = load_movielens("ml-100k", str(write_ml100k(tmp_path / "ml-100k")))
