@@ -126,9 +126,23 @@ def build(kind: str, spec, cfg: Config, inner_steps: int | None = None):
 def train(model, data: Data, cfg: Config, seed: int, verbose: int, epochs: int | None = None):
     """Fits on the training tasks; returns (seconds per epoch, loss per epoch)."""
     epochs = epochs or cfg.epochs
-    start = time.perf_counter()
-    history = model.fit(data.train.dataset(cfg.tasks_per_batch, seed=seed), epochs=epochs, verbose=verbose)
-    return (time.perf_counter() - start) / epochs, history.history["loss"]
+    timer = _EpochTimer()
+    history = model.fit(data.train.dataset(cfg.tasks_per_batch, seed=seed), epochs=epochs, verbose=verbose,
+                        callbacks=[timer])
+    return timer.seconds_per_epoch(), history.history["loss"]
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall time per epoch; the first epoch (graph tracing) is left out when there are others."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times = getattr(self, "times", []) + [time.perf_counter() - self._start]
+
+    def seconds_per_epoch(self) -> float:
+        return float(np.mean(self.times[1:] if len(self.times) > 1 else self.times))
 
 
 def evaluate(model, data: Data, steps: int, cfg: Config) -> dict:
@@ -174,7 +188,10 @@ def run_seed(cfg: Config, data: Data, seed: int, verbose: int = 0, log=print) ->
         log(f"[seed {seed}]   {name}: {seconds[name]:.1f}s/epoch, final loss {curves[name][-1]:.4f}")
         return model
 
-    for name, kind in (("vanilla", "vanilla"), ("MAML", "maml"), ("LiMAML", "limaml")):
+    main = [("vanilla", "vanilla")]
+    if {"3", "4", "14"} & set(cfg.tables):
+        main += [("MAML", "maml"), ("LiMAML", "limaml")] if "3" in cfg.tables else [("LiMAML", "limaml")]
+    for name, kind in main:
         model = fit(name, kind)
         auc[name] = evaluate(model, data, 0, cfg)
         auc[f"{name}+FT"] = evaluate(model, data, cfg.eval_steps, cfg)
@@ -192,7 +209,7 @@ def run_seed(cfg: Config, data: Data, seed: int, verbose: int = 0, log=print) ->
     t9_epochs = cfg.table9_epochs or cfg.epochs
     for n in cfg.table9_steps if "9" in cfg.tables else ():
         name = f"n={n}"
-        if n == cfg.inner_steps and t9_epochs == cfg.epochs:
+        if n == cfg.inner_steps and t9_epochs == cfg.epochs and "LiMAML" in seconds:
             seconds[name], auc[name] = seconds["LiMAML"], auc["LiMAML+FT"]
             continue
         auc[name] = evaluate(fit(name, "limaml", epochs=t9_epochs, inner_steps=n), data, cfg.eval_steps, cfg)
@@ -238,13 +255,8 @@ def render_report(runs: list[dict], cfg: Config, data_summary: dict, commands: l
            "Slices: test samples per user < 25 / ≥ 25; `unseen` = test users with no training-period sample. "
            f"\"+FT\" = each test user adapted ({cfg.eval_steps} SGD step(s), α) on its {SUPPORT[cfg.support_period]} "
            "samples before scoring; users with none are scored un-adapted.", ""]
-    out += ["## Table 3: AUC gain vs vanilla (no fine-tune)", ""]
-    rows = [[sl] + [_fmt(_gain(runs, m, sl)) for m in TABLE3] for sl in SLICES]
-    rows.append(["paper (pTap, all)"] + [PAPER_T3[m] for m in TABLE3])
-    out += [_table(["slice"] + list(TABLE3), rows), "", "Test AUC (absolute):", ""]
-    out += [_table(["slice"] + list(TABLE3),
-                   [[sl] + [_fmt(_stats([r["auc"][m][sl] for r in runs]), "", False, 4) for m in TABLE3]
-                    for sl in SLICES]), ""]
+    if "3" in cfg.tables:
+        out += _table3(runs)
     if "4" in cfg.tables:
         out += _table4(runs)
     if "9" in cfg.tables:
@@ -253,6 +265,15 @@ def render_report(runs: list[dict], cfg: Config, data_summary: dict, commands: l
         out += _table14(runs)
     out += ["## Plots", ""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _table3(runs):
+    rows = [[sl] + [_fmt(_gain(runs, m, sl)) for m in TABLE3] for sl in SLICES]
+    rows.append(["paper (pTap, all)"] + [PAPER_T3[m] for m in TABLE3])
+    absolute = [[sl] + [_fmt(_stats([r["auc"][m][sl] for r in runs]), "", False, 4) for m in TABLE3]
+                for sl in SLICES]
+    return ["## Table 3: AUC gain vs vanilla (no fine-tune)", "", _table(["slice"] + list(TABLE3), rows), "",
+            "Test AUC (absolute):", "", _table(["slice"] + list(TABLE3), absolute), ""]
 
 
 def _table4(runs):
@@ -278,7 +299,10 @@ def _table9(runs, cfg):
         ratio = _stats([100 * (r["seconds"][f"n={n}"] / r["seconds"]["vanilla"] - 1) for r in runs])
         t9.append([str(n), _fmt(ratio, "%", True, 0), PAPER_T9.get(n, ""), _fmt(_gain(runs, f"n={n}", "all")),
                    _fmt(_stats([r["auc"][f"n={n}"]["all"] for r in runs]), "", False, 4)])
-    return out + [_table(["n", "train time vs vanilla", "paper", "AUC gain (all, +FT)", "AUC (all, +FT)"], t9), ""]
+    per_epoch = [[m, _fmt(_stats([r["seconds"][m] for r in runs]), " s", False, 1)] for m in runs[0]["seconds"]]
+    return out + [_table(["n", "train time vs vanilla", "paper", "AUC gain (all, +FT)", "AUC (all, +FT)"], t9), "",
+                  "Seconds per training epoch of every model (the ratios above divide these):", "",
+                  _table(["model", "s / epoch"], per_epoch), ""]
 
 
 def _table14(runs):
@@ -356,8 +380,9 @@ def reproduce(cfg: Config, outdir: str, command: str = "limaml reproduce", verbo
     return {"runs": runs, "report": report, "data": data.summary}
 
 
-def merge(result_dirs: list[str], outdir: str, command: str) -> str:
-    """One report from runs made separately (e.g. one process per seed) with the same settings."""
+def merge(result_dirs: list[str], outdir: str, command: str, tables: tuple | None = None) -> str:
+    """One report from runs made separately (e.g. one process per seed) with the same settings;
+    `tables`: render only these (a subset of the tables the runs computed)."""
     loaded = []
     for d in result_dirs:
         with open(os.path.join(d, "results.json")) as f:
@@ -371,6 +396,11 @@ def merge(result_dirs: list[str], outdir: str, command: str) -> str:
                              "same settings can be merged")
     runs = sorted((r for x in loaded for r in x["runs"]), key=lambda r: r["seed"])
     config = {**first["config"], "seeds": tuple(r["seed"] for r in runs)}
+    if tables:
+        missing = set(tables) - set(config["tables"])
+        if missing:
+            raise ValueError(f"tables {sorted(missing)} were not computed by these runs (they have {config['tables']})")
+        config["tables"] = tuple(tables)
     config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     commands = [c for x in loaded for c in x.get("commands", [])] + [command]
     return write_report(runs, config, first["data"], outdir, commands)
@@ -388,6 +418,7 @@ def add_parser(sub):
     p.add_argument("--inner-learning-rate", type=float, help="α")
     p.add_argument("--learning-rate", type=float, help="β (Adam)")
     p.add_argument("--tasks-per-batch", type=int)
+    p.add_argument("--table9-epochs", type=int, help="epochs of the Table 9 models (time is compared per epoch)")
     p.add_argument("--support-period", choices=["validation", "history"],
                    help="what fine-tuning adapts on: the validation period (paper) or all pre-test samples")
     p.add_argument("--tables", nargs="+", choices=["3", "4", "9", "14"], help="tables to run (default: all)")
@@ -401,14 +432,14 @@ def add_parser(sub):
         import sys
         command = "limaml " + " ".join(sys.argv[1:])
         if a.merge:
-            merge(a.merge, a.out, command)
+            merge(a.merge, a.out, command, tuple(a.tables) if a.tables else None)
             print(f"[report] {os.path.join(a.out, 'report.md')}")
             return 0
         overrides = {k: v for k, v in {"dataset": a.dataset, "data_path": a.data_path, "tuning": a.tuning,
                                        "seeds": tuple(a.seeds) if a.seeds else None, "epochs": a.epochs,
                                        "inner_learning_rate": a.inner_learning_rate,
                                        "learning_rate": a.learning_rate,
-                                       "tasks_per_batch": a.tasks_per_batch,
+                                       "tasks_per_batch": a.tasks_per_batch, "table9_epochs": a.table9_epochs,
                                        "support_period": a.support_period,
                                        "tables": tuple(a.tables) if a.tables else None}.items() if v is not None}
         cfg = Config.quick(**overrides) if a.quick else Config(**overrides)

@@ -16,7 +16,7 @@ def write_ml100k(path, extra_users: int = 0, ratings_per_user: int = 12, seed: i
     users += [f"{u}|{20 + u % 40}|{'MF'[u % 2]}|{['student', 'other', 'writer'][u % 3]}|{10000 + 37 * u}"
               for u in range(5, 5 + extra_users)]
     for u in range(1, 5 + extra_users):
-        start = 880_000_000 + (u % 10) * 8 * 86_400
+        start = 880_000_000 + (u % 10) * 8 * 86_400 + (300 * 86_400 if u > 4 and u % 6 == 0 else 0)  # late joiners
         times = np.sort(rng.integers(start, start + 90 * 86_400, ratings_per_user))
         times[3] = times[2]  # a tie: two ratings in the same second
         taste = rng.normal()
