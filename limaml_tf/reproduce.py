@@ -424,7 +424,7 @@ def add_parser(sub):
     p.add_argument("--tables", nargs="+", choices=["3", "4", "9", "14"], help="tables to run (default: all)")
     p.add_argument("--tuning", action="store_true",
                    help="score inside the training period only (never touches the test period): choose settings")
-    p.add_argument("--verbose", type=int, default=0, help="Keras fit verbosity (0 = one line per model)")
+    p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (2: a line per epoch, 0: per model)")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="no training: one report from the results.json of runs made separately (e.g. per seed)")
 
