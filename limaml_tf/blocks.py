@@ -134,7 +134,8 @@ class IDEmbeddingMetaBlock(keras.layers.Layer):
 
     def task_parameters(self, weights, features):
         base, table = weights
-        return [self._rows(base, table, features[self.feature.name][0])]
+        # a plain tensor: pfor (vectorized inner loop) cannot gather from a resource variable handle
+        return [self._rows(base, tf.convert_to_tensor(table), features[self.feature.name][0])]
 
     def call_with_task_parameters(self, params, features):
         n = tf.shape(features[self.feature.name])[0]

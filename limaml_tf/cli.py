@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "limaml_tf.demo",
     "limaml_tf.serving.server",
     "limaml_tf.refresh",
+    "limaml_tf.reproduce",
 ]
 
 
