@@ -102,6 +102,8 @@ class LiMAMLModel(keras.Model):
       eval_steps / eval_learning_rate: adaptation at evaluation; default n and α.
       max_tasks_per_chunk: process at most this many tasks at once (bounds memory; the
         gradient is accumulated over chunks and is the same as without chunking).
+      support_dropout: in training, the fraction of tasks whose support set is hidden, so their query
+        loss trains the un-adapted model too (the cold-start path of tasks with no recent samples).
       jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA:
         fuses the many small per-task ops (faster step, longer first trace; same maths, float
         rounding may differ slightly).
@@ -112,7 +114,8 @@ class LiMAMLModel(keras.Model):
     def __init__(self, meta_block, global_block, spec: FeatureSpec | dict, inner_steps: int = 1,
                  inner_learning_rate: float = 0.1, first_order: bool = False, adapt_global_block: bool = False,
                  eval_steps: int | None = None, eval_learning_rate: float | None = None,
-                 max_tasks_per_chunk: int | None = None, jit_inner_loop: bool = False, **kwargs):
+                 max_tasks_per_chunk: int | None = None, jit_inner_loop: bool = False,
+                 support_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.from_dict(spec)
         self.meta_block, self.global_block = meta_block, global_block
@@ -126,6 +129,10 @@ class LiMAMLModel(keras.Model):
         self.eval_learning_rate = self.inner_learning_rate if eval_learning_rate is None else float(eval_learning_rate)
         self.max_tasks_per_chunk = max_tasks_per_chunk
         self.jit_inner_loop = bool(jit_inner_loop)
+        if not 0.0 <= support_dropout < 1.0:
+            raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
+        self.support_dropout = float(support_dropout)
+        self._task_seed = keras.random.SeedGenerator(0, name="task_seed") if support_dropout else None
         self._jit_objective = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.auc_metric = keras.metrics.AUC(name="auc")
@@ -322,6 +329,10 @@ class LiMAMLModel(keras.Model):
             sample_loss = {n: tf.nn.sigmoid_cross_entropy_with_logits(labels=encoded[f"{n}_label"], logits=logits[n])
                            * encoded[f"{n}_mask"] for n in SETS}
             return sample_loss, logits["query"]
+        if training and self.support_dropout:
+            t = tf.shape(encoded["support_mask"])[0]
+            keep = keras.random.uniform([t, 1], seed=self._task_seed) >= self.support_dropout
+            encoded = {**encoded, "support_mask": encoded["support_mask"] * tf.cast(keep, self.compute_dtype)}
         if self.jit_inner_loop:
             if self._jit_objective is None:
                 self._jit_objective = tf.function(
@@ -445,6 +456,7 @@ class LiMAMLModel(keras.Model):
             "first_order": self.first_order, "adapt_global_block": self.adapt_global_block,
             "eval_steps": self.eval_steps, "eval_learning_rate": self.eval_learning_rate,
             "max_tasks_per_chunk": self.max_tasks_per_chunk, "jit_inner_loop": self.jit_inner_loop,
+            "support_dropout": self.support_dropout,
         }
 
     @classmethod

@@ -50,6 +50,7 @@ class Config:
     learning_rate: float = 2e-3       # β (Adam)
     inner_learning_rate: float = 0.5  # α: task learning rate, ~250x β
     inner_steps: int = 1              # n
+    support_dropout: float = 0.0      # fraction of training tasks trained without adaptation (cold start)
     eval_steps: int = 1               # fine-tune steps at evaluation
     meta_dim: int = 8
     meta_hidden: tuple = (32,)
@@ -118,6 +119,7 @@ def build(kind: str, spec, cfg: Config, inner_steps: int | None = None):
     else:
         model = LiMAMLModel(meta, glob, spec, inner_steps=inner_steps or cfg.inner_steps,
                             inner_learning_rate=cfg.inner_learning_rate, adapt_global_block=kind == "maml",
+                            support_dropout=cfg.support_dropout,
                             name=kind, **common)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0))
     return model
@@ -418,6 +420,8 @@ def add_parser(sub):
     p.add_argument("--inner-learning-rate", type=float, help="α")
     p.add_argument("--learning-rate", type=float, help="β (Adam)")
     p.add_argument("--tasks-per-batch", type=int)
+    p.add_argument("--support-dropout", type=float,
+                   help="fraction of training tasks trained without adaptation (cold-start path)")
     p.add_argument("--table9-epochs", type=int, help="epochs of the Table 9 models (time is compared per epoch)")
     p.add_argument("--support-period", choices=["validation", "history"],
                    help="what fine-tuning adapts on: the validation period (paper) or all pre-test samples")
@@ -440,7 +444,7 @@ def add_parser(sub):
                                        "inner_learning_rate": a.inner_learning_rate,
                                        "learning_rate": a.learning_rate,
                                        "tasks_per_batch": a.tasks_per_batch, "table9_epochs": a.table9_epochs,
-                                       "support_period": a.support_period,
+                                       "support_period": a.support_period, "support_dropout": a.support_dropout,
                                        "tables": tuple(a.tables) if a.tables else None}.items() if v is not None}
         cfg = Config.quick(**overrides) if a.quick else Config(**overrides)
         reproduce(cfg, a.out, command=command, verbose=a.verbose)

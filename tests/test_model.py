@@ -182,3 +182,19 @@ def test_meta_learning_beats_vanilla_on_planted_structure():
     limaml_ft_auc = auc(predict_tasks(limaml, evaluation, steps=1))
     assert limaml_ft_auc - vanilla_auc > 0.02, (limaml_ft_auc, vanilla_auc)
     assert limaml_ft_auc - vanilla_ft_auc > 0.01, (limaml_ft_auc, vanilla_ft_auc)
+
+
+def test_support_dropout_trains_some_tasks_unadapted(tasks):
+    spec = tasks.spec
+    model = lt.LiMAMLModel(*tiny_blocks(spec), spec, inner_learning_rate=0.5, support_dropout=0.5)
+    same = next(tasks.batches(8))
+    enc = model.encode_bundle(same)
+    _, dropped = model.objective(enc, training=True)
+    _, adapted = model.adapt_and_score(enc, 1, 0.5)
+    _, unadapted = model.adapt_and_score(enc, 0, 0.5)
+    is_adapted = np.all(np.isclose(dropped, adapted, atol=1e-6), axis=1)
+    is_unadapted = np.all(np.isclose(dropped, unadapted, atol=1e-6), axis=1)
+    assert (is_adapted | is_unadapted).all() and is_adapted.any() and is_unadapted.any()
+    assert not np.allclose(adapted, unadapted)
+    with pytest.raises(ValueError, match="support_dropout"):
+        lt.LiMAMLModel(*tiny_blocks(spec), spec, support_dropout=1.0)
