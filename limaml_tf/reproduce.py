@@ -51,6 +51,8 @@ class Config:
     inner_learning_rate: float = 0.5  # α: task learning rate, ~250x β
     inner_steps: int = 1              # n
     support_dropout: float = 0.0      # fraction of training tasks trained without adaptation (cold start)
+    warm_start_epochs: int = 0        # >0: MAML / LiMAML start from the seed's trained vanilla weights, then
+                                      # meta-train this many epochs (the global block first learns from every sample)
     eval_steps: int = 1               # fine-tune steps at evaluation
     meta_dim: int = 8
     meta_hidden: tuple = (32,)
@@ -182,9 +184,11 @@ def run_seed(cfg: Config, data: Data, seed: int, verbose: int = 0, log=print) ->
     """All four tables for one seed. Returns {"auc": {row: {slice: auc}}, "seconds": ..., "curves": ...}."""
     auc, seconds, curves = {}, {}, {}
 
-    def fit(name, kind, epochs=None, **kw):
+    def fit(name, kind, epochs=None, init_from=None, **kw):
         keras.utils.set_random_seed(seed)
         model = build(kind, data.spec, cfg, **kw)
+        if init_from is not None:  # warm start: same blocks, so the weight lists line up
+            model.set_weights(init_from.get_weights())
         log(f"[seed {seed}] training {name} ({epochs or cfg.epochs} epochs)")
         seconds[name], curves[name] = train(model, data, cfg, seed, verbose, epochs)
         log(f"[seed {seed}]   {name}: {seconds[name]:.1f}s/epoch, final loss {curves[name][-1]:.4f}")
@@ -194,7 +198,12 @@ def run_seed(cfg: Config, data: Data, seed: int, verbose: int = 0, log=print) ->
     if {"3", "4", "14"} & set(cfg.tables):
         main += [("MAML", "maml"), ("LiMAML", "limaml")] if "3" in cfg.tables else [("LiMAML", "limaml")]
     for name, kind in main:
-        model = fit(name, kind)
+        if kind != "vanilla" and cfg.warm_start_epochs:
+            model = fit(name, kind, epochs=cfg.warm_start_epochs, init_from=vanilla)
+        else:
+            model = fit(name, kind)
+        if kind == "vanilla":
+            vanilla = model
         auc[name] = evaluate(model, data, 0, cfg)
         auc[f"{name}+FT"] = evaluate(model, data, cfg.eval_steps, cfg)
         if name == "LiMAML":
@@ -420,6 +429,8 @@ def add_parser(sub):
     p.add_argument("--inner-learning-rate", type=float, help="α")
     p.add_argument("--learning-rate", type=float, help="β (Adam)")
     p.add_argument("--tasks-per-batch", type=int)
+    p.add_argument("--warm-start-epochs", type=int,
+                   help="MAML/LiMAML start from the trained vanilla weights, then meta-train this many epochs")
     p.add_argument("--support-dropout", type=float,
                    help="fraction of training tasks trained without adaptation (cold-start path)")
     p.add_argument("--table9-epochs", type=int, help="epochs of the Table 9 models (time is compared per epoch)")
@@ -445,6 +456,7 @@ def add_parser(sub):
                                        "learning_rate": a.learning_rate,
                                        "tasks_per_batch": a.tasks_per_batch, "table9_epochs": a.table9_epochs,
                                        "support_period": a.support_period, "support_dropout": a.support_dropout,
+                                       "warm_start_epochs": a.warm_start_epochs,
                                        "tables": tuple(a.tables) if a.tables else None}.items() if v is not None}
         cfg = Config.quick(**overrides) if a.quick else Config(**overrides)
         reproduce(cfg, a.out, command=command, verbose=a.verbose)
