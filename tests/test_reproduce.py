@@ -40,7 +40,7 @@ def test_tiny_end_to_end_run_and_merge(tmp_path):
     frame = load_tasks_frame("ml-100k", str(write_ml100k(tmp_path / "ml", extra_users=36, ratings_per_user=16)))
     cfg = Config(epochs=1, tasks_per_batch=8, max_train_samples=12, max_support=8, max_query=8, meta_dim=2,
                  meta_hidden=(4,), global_hidden=(4,), seeds=(0,), quantiles=(0.6, 0.8),
-                 tables=("3", "14"))  # Tables 4 and 9 add models only; their rendering is checked above
+                 tables=("3", "14"), warm_start_epochs=1)  # Tables 4 and 9 add models only; rendering checked above
     out = reproduce(cfg, str(tmp_path / "s0"), frame=frame, log=lambda *_: None)
     run = out["runs"][0]
     for row in list(TABLE3) + [f"agg:{a}" for a in AGGREGATIONS]:
@@ -48,6 +48,7 @@ def test_tiny_end_to_end_run_and_merge(tmp_path):
     assert set(run["curves"]) == {"vanilla", "MAML", "LiMAML"}
     assert "## Table 14" in out["report"] and "## Table 4" not in out["report"]
     assert out["data"]["unseen_test_users"] > 0
+    assert "warm_start_epochs = 1" in out["report"]
     # without fine-tuning, the entire-network MAML model and LiMAML differ from their +FT scores
     assert run["auc"]["LiMAML"]["all"] != run["auc"]["LiMAML+FT"]["all"]
     for name in ("report.md", "results.json", "auc_gain_by_slice.png", "learning_curves.png"):
