@@ -16,7 +16,8 @@ implementing two pure functions (see `IDEmbeddingMetaBlock`):
     task_parameters(weights, features) -> list of per-task tensors
     call_with_task_parameters(params, features) -> [batch, d]
 
-where `weights` are the values of `self.trainable_variables` and `features` are
+where `weights` are the values (tensors, read once outside the vectorized loop) of
+`self.trainable_variables` and `features` are
 one task's samples. The outer gradient reaches the table through the gather.
 """
 
@@ -134,8 +135,7 @@ class IDEmbeddingMetaBlock(keras.layers.Layer):
 
     def task_parameters(self, weights, features):
         base, table = weights
-        # a plain tensor: pfor (vectorized inner loop) cannot gather from a resource variable handle
-        return [self._rows(base, tf.convert_to_tensor(table), features[self.feature.name][0])]
+        return [self._rows(base, table, features[self.feature.name][0])]
 
     def call_with_task_parameters(self, params, features):
         n = tf.shape(features[self.feature.name])[0]
