@@ -44,7 +44,7 @@ from apache_beam.utils import shared
 
 from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, compact, concat_sorted, expand,
                                          read_dead_letter, read_interactions, select, stable_bucket)
-from limaml_tf.export import CONFIG_FILE, SPEC_FILE, atomic_directory, read_extra
+from limaml_tf.export import CONFIG_FILE, SPEC_FILE, adapter_inputs, atomic_directory, read_extra
 from limaml_tf.features import FeatureSpec
 from limaml_tf.tasks import TaskSet, _pad_sets, keep_most_recent, pad_task_count
 
@@ -112,18 +112,6 @@ def _load_adapter(path: str, tf_threads: int | None):
 _ADAPTERS = shared.Shared()
 
 
-def adapter_inputs(spec: FeatureSpec, arrays: dict) -> dict:
-    """A padded TaskSet.arrays bundle -> the adapter's `embed_tasks` inputs. Within a task the
-    samples are in time order and padded slots repeat the last real sample, so the last slot is
-    always the task's latest sample."""
-    inputs = {"support_label": arrays["support_label"], "support_mask": arrays["support_mask"]}
-    for f in spec.features:
-        values = arrays["support"][f.name]
-        inputs[f"support_{f.name}"] = values
-        inputs[f"latest_{f.name}"] = values[:, -1]
-    return inputs
-
-
 def default_features(spec: FeatureSpec, n: int, given: pd.DataFrame | None = None) -> dict:
     """Raw features for `cold_start`: given values where present, else numeric = the training mean
     (encodes to 0) and categorical = "" (the missing id)."""
@@ -169,7 +157,7 @@ class _EmbedBase(beam.DoFn):
         for start in range(0, len(tasks), self.tasks_per_batch):
             bundle = pad_task_count(tasks.subset(slice(start, start + self.tasks_per_batch)).arrays,
                                     self.tasks_per_batch)
-            out.append(self.adapter.embed_tasks(adapter_inputs(self.spec, bundle))["meta_embedding"].numpy())
+            out.append(self.adapter.embed_tasks(adapter_inputs(bundle))["meta_embedding"].numpy())
         beam.metrics.Metrics.counter("embeddings", "adapted").inc(len(keys))
         return np.concatenate(out)[:len(keys)]
 

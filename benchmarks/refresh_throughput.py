@@ -45,7 +45,8 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     import tensorflow as tf
 
     from beam_pipelines.interactions import check_rows, list_files
-    from beam_pipelines.refresh_embeddings import adapter_inputs, adapter_metadata
+    from beam_pipelines.refresh_embeddings import adapter_metadata
+    from limaml_tf.export import adapter_inputs
     from limaml_tf.tasks import _pad_sets, keep_most_recent, pad_task_count
 
     spec, _ = adapter_metadata(adapter_path)
@@ -67,7 +68,7 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     batches = []
     for s in range(0, len(tasks), tasks_per_batch):
         b = pad_task_count(tasks.subset(slice(s, s + tasks_per_batch)).arrays, tasks_per_batch)
-        batches.append({k: tf.constant(v) for k, v in adapter_inputs(spec, b).items()})
+        batches.append({k: tf.constant(v) for k, v in adapter_inputs(b).items()})
     t["to tensors"] = time.perf_counter() - start
     adapter.embed_tasks(batches[0])  # warm-up (first call builds kernels)
     start = time.perf_counter()
