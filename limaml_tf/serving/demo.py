@@ -21,18 +21,19 @@ def pick_user(spec, recent_df, request_df) -> str:
 
 def serve_one_user(workdir: str, model, spec, train_df, recent_df, request_df, store: EmbeddingLookup | None = None,
                    model_name: str = "limaml", steps: int = 1, max_recent: int = 64) -> dict:
-    """Exports the serving model and the adapter under `<workdir>/saved_models`, starts the local
+    """Exports the serving model (and, without a `store`, the adapter) under `<workdir>/saved_models`, starts the local
     PredictionService on a free loopback port and scores one user's next request through gRPC, with the
     user's meta embedding from `store` (default: an in-memory store filled by running the exported
     adapter on the user's recent samples, `recent_df`). Returns what it printed."""
     base = os.path.join(workdir, "saved_models")
     serving_path = export_serving(model, base, model_name, train_df=train_df)
     version = int(os.path.basename(serving_path))
-    adapter_path = export_adapter(model, os.path.join(base, f"{model_name}_adapter", str(version)), steps=steps,
-                                  model_version=str(version))
     user = pick_user(spec, recent_df, request_df)
     user_requests = request_df[request_df[spec.task_key].astype(str) == user]
+    adapter_path = None  # a given store was filled by the refresh, which exported its own adapter
     if store is None:  # Algorithm 2b for this one user, with the exported adapter (no training code)
+        adapter_path = export_adapter(model, os.path.join(base, f"{model_name}_adapter", str(version)), steps=steps,
+                                      model_version=str(version))
         tasks = paired_tasks(recent_df[recent_df[spec.task_key].astype(str) == user], user_requests, spec,
                              max_support=max_recent, max_query=1)
         adapter = tf.saved_model.load(adapter_path)
@@ -52,7 +53,8 @@ def serve_one_user(workdir: str, model, spec, train_df, recent_df, request_df, s
     keras_p = float(model({**raw, "meta_embedding": tf.constant(emb)}).numpy()[0])
     cold_p = float(model({**raw, "meta_embedding": tf.constant(cold[None])}).numpy()[0])
     n_recent = int((recent_df[spec.task_key].astype(str) == user).sum())
-    print(f"\n[serve] exported {serving_path} (+ adapter {adapter_path}); PredictionService on 127.0.0.1:{port}")
+    exported = serving_path + (f" (+ adapter {adapter_path})" if adapter_path else "")
+    print(f"\n[serve] exported {exported}; PredictionService on 127.0.0.1:{port}")
     print(f"[serve] user {user}: meta embedding from the store (found={bool(found[0])}, from {min(n_recent, max_recent)}"
           f" recent samples) = {np.array2string(emb[0], precision=3)}")
     print(f"[serve] gRPC Predict -> probability {probability:.4f} (Keras in-process {keras_p:.4f}; with the "
