@@ -10,15 +10,8 @@ The contract (any Keras layer or model can be a block):
 
 During the inner loop the model adapts *all trainable weights* of the meta block
 per task, through `stateless_call`. A meta block whose weights are mostly a large
-table (an ID embedding) can instead adapt only the rows a task touches by
-implementing two pure functions (see `IDEmbeddingMetaBlock`):
-
-    task_parameters(weights, features) -> list of per-task tensors
-    call_with_task_parameters(params, features) -> [batch, d]
-
-where `weights` are the values (tensors, read once outside the vectorized loop) of
-`self.trainable_variables` and `features` are
-one task's samples. The outer gradient reaches the table through the gather.
+table (an ID embedding) can instead adapt only a small per-task tensor by
+subclassing `TaskParameterizedMetaBlock` (see `IDEmbeddingMetaBlock`).
 """
 
 from __future__ import annotations
@@ -103,15 +96,46 @@ class MLPMetaBlock(keras.layers.Layer):
                 "embedding_dim": self.embedding_dim, "activation": self.activation}
 
 
+class TaskParameterizedMetaBlock(keras.layers.Layer):
+    """Base class of a meta block that adapts a small per-task tensor instead of all its weights.
+
+    The inner loop calls two pure functions instead of `stateless_call`:
+
+      task_parameters(weights, task_id) -> list of per-task tensors (the adapted parameters)
+      call_with_task_parameters(params, features) -> [batch, d]
+
+    `weights` are the values of `self.trainable_variables` (tensors read once, outside the vectorized
+    loop); `task_id` is the task's key (the bundle's `task_key`) encoded by the spec feature named
+    `task_feature` — read from the task itself, so a task with an empty support set still finds its
+    row. The outer gradient reaches the weights through `task_parameters` (e.g. a gather, which keeps
+    the table's gradient sparse).
+    """
+
+    task_feature: str = ""
+
+    def task_parameters(self, weights, task_id):
+        raise NotImplementedError
+
+    def call_with_task_parameters(self, params, features):
+        raise NotImplementedError
+
+
 @keras.saving.register_keras_serializable("limaml_tf")
-class IDEmbeddingMetaBlock(keras.layers.Layer):
+class IDEmbeddingMetaBlock(TaskParameterizedMetaBlock):
     """Meta embedding = base + table[id(task)]: a learned per-task ID embedding.
 
-    `feature` is the categorical feature holding the task's ID (constant within a task).
-    Row 0 of the table (id 0: a key outside the feature's vocabulary, i.e. a task never seen
-    in training) is held at zero, so an unseen task starts from `base`, the population
-    prior; `base` is trained by every task, so MAML meta-learns it as the init for new tasks.
-    The inner loop adapts only the task's own row (a [d] vector), never the whole table.
+    `feature` is the categorical feature whose values are the task keys (its vocabulary: the tasks
+    seen in training). Row 0 of the table (id 0: a key outside the vocabulary, i.e. a task never seen
+    in training) is held at zero, so an unseen task starts from `base`, the population prior; `base`
+    is trained by every task, so MAML meta-learns it as the init for new tasks. The inner loop adapts
+    only the task's own row (a [d] vector), never the whole table, and the table's gradient stays
+    sparse (`tf.IndexedSlices`).
+
+    >>> import limaml_tf as lt
+    >>> user = lt.Feature("user_id", "categorical", vocabulary=("u1", "u2"))
+    >>> block = IDEmbeddingMetaBlock(user, output_dim=4)
+    >>> block({"user_id": tf.constant([1, 2, 0])}).shape
+    TensorShape([3, 4])
     """
 
     def __init__(self, feature: Feature | dict, output_dim: int = 8, **kwargs):
@@ -119,6 +143,7 @@ class IDEmbeddingMetaBlock(keras.layers.Layer):
         self.feature = _as_features([feature])[0]
         if self.feature.kind != "categorical":
             raise ValueError(f"IDEmbeddingMetaBlock: feature {self.feature.name!r} must be categorical")
+        self.task_feature = self.feature.name
         self.output_dim = output_dim
 
     def build(self, input_shape=None):
@@ -133,9 +158,9 @@ class IDEmbeddingMetaBlock(keras.layers.Layer):
     def call(self, inputs):
         return self._rows(self.base, self.table, inputs[self.feature.name])
 
-    def task_parameters(self, weights, features):
+    def task_parameters(self, weights, task_id):
         base, table = weights
-        return [self._rows(base, table, features[self.feature.name][0])]
+        return [self._rows(base, table, task_id)]
 
     def call_with_task_parameters(self, params, features):
         n = tf.shape(features[self.feature.name])[0]

@@ -239,6 +239,13 @@ class FeatureEncoder(keras.layers.Layer):
             ids = tf.strings.to_hash_bucket_fast(x, f.num_bins) + 1
         return tf.cast(tf.where(tf.equal(x, ""), tf.zeros_like(ids), ids), tf.int32)
 
+    def encode_feature(self, name: str, values) -> tf.Tensor:
+        """Encodes raw `values` of one categorical feature (e.g. task keys by an ID feature) -> int32 ids."""
+        f = self.spec.feature(name)
+        if f.kind != "categorical":
+            raise FeatureError(f"feature {name!r} is {f.kind}: only a categorical feature encodes task keys")
+        return self._ids(f, tf.convert_to_tensor(values))
+
     def call(self, inputs: dict) -> dict:
         out = {}
         for f in self.spec.features:

@@ -1,81 +1,36 @@
-"""`LiMAMLModel`: a meta block and a global block trained with MAML (Algorithm 2a).
+"""`LiMAMLModel` and `VanillaModel`: thin Keras models over the algorithm in `limaml_tf.maml`.
 
-`train_step` on a task bundle (see `limaml_tf.tasks`):
+`train_step` on a task bundle (see `limaml_tf.tasks`): the tasks' support sets adapt the meta
+block (inner loop, vectorized over tasks; second order unless `first_order=True`), their query
+losses under the adapted weights are differentiated w.r.t. both blocks, and the compiled optimizer
+applies the update (Algorithm 2a). `VanillaModel` is the same network trained by plain gradient
+descent on every real sample of the same task batches. Both adapt a task at evaluation time
+(`test_step`, `predict_step` on bundles, `adapt_and_predict`) with `eval_steps` SGD steps on its
+support set; `eval_steps=0` scores the un-adapted model.
 
-1. inner loop, vectorized over the T tasks with `tf.vectorized_map`: each task starts
-   from θ_meta and takes `inner_steps` SGD steps of size `inner_learning_rate` on its
-   support loss (global block held fixed) -> θ_meta_i;
-2. outer loop: the mean over tasks of each task's query loss under θ_meta_i is
-   differentiated w.r.t. θ_meta (through the inner loop: second order unless
-   `first_order=True`) and θ_global, and the compiled optimizer applies the update.
-
-`VanillaModel` is the same network trained by plain gradient descent on the same
-task batches (every real sample of a task, support and query), with no inner loop.
-Both adapt a task at evaluation time (`test_step`, `predict_step` on bundles,
-`adapt_and_predict`) with `eval_steps` SGD steps on the task's support set; with
-`eval_steps=0` they score the un-adapted model.
+`compile(loss=..., metrics=[...])` is honoured: the loss (default: binary cross-entropy on the
+logits) is the per-sample loss of both loops, the metrics are updated on the query samples with
+the query mask as sample weight.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 
 import keras
 import tensorflow as tf
 
+from limaml_tf import distribute, maml
+from limaml_tf.blocks import TaskParameterizedMetaBlock
 from limaml_tf.features import FeatureEncoder, FeatureSpec
 from limaml_tf.tasks import SETS
 
-
-AGGREGATIONS = ("latest", "mean", "max", "cosine")
-
-
-def masked_mean_bce(labels, logits, mask):
-    """Mean binary cross-entropy over the samples with mask 1 (0 when there are none)."""
-    per_sample = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
-    mask = tf.cast(mask, logits.dtype)
-    return tf.reduce_sum(per_sample * mask, -1) / tf.maximum(tf.reduce_sum(mask, -1), 1.0)
+AGGREGATIONS = maml.AGGREGATIONS
 
 
 class _Untracked(collections.UserDict):
-    """A mapping Keras/TF object tracking leaves alone (a dict attribute gets wrapped, and its int keys
-    then break SavedModel export of a model that has run adapt_and_predict)."""
-
-
-def _dense(g, like):
-    if g is None:
-        return tf.zeros_like(like)
-    return tf.convert_to_tensor(g)  # IndexedSlices from a gather -> dense
-
-
-def _is_seed_state(v) -> bool:
-    return "seed_generator_state" in v.path
-
-
-def _replica_context():
-    """The replica context of a multi-replica tf.distribute step, else None."""
-    context = tf.distribute.get_replica_context()
-    return context if context is not None and context.num_replicas_in_sync > 1 else None
-
-
-def _sum_over_replicas(value):
-    context = _replica_context()
-    return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def _clips(optimizer) -> bool:
-    return bool(optimizer.global_clipnorm or optimizer.clipnorm or optimizer.clipvalue)
-
-
-def _clip(optimizer, grads):
-    """The optimizer's gradient clipping (global norm, per-tensor norm or value), in TF ops."""
-    if optimizer.global_clipnorm:
-        return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
-    if optimizer.clipnorm:
-        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
-    if optimizer.clipvalue:
-        return [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
-    return grads
+    """A mapping Keras/TF object tracking leaves alone (a tracked dict with int keys breaks SavedModel export)."""
 
 
 def _check_no_batchnorm(block, role: str):
@@ -87,12 +42,46 @@ def _check_no_batchnorm(block, role: str):
                 "(per-sample statistics) instead.")
 
 
+def _add_gradients(a, b):
+    """Sum of two gradients of one variable; `tf.IndexedSlices` stay sparse (their rows are concatenated)."""
+    if a is None or b is None:
+        return b if a is None else a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0),
+                                a.dense_shape)
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+def _merge_duplicate_rows(g):
+    """An `IndexedSlices` gradient with each row once (summed): a gather's gradient repeats a row per
+    lookup, and norms (gradient clipping) must see the summed row. Stays sparse."""
+    if not isinstance(g, tf.IndexedSlices):
+        return g
+    rows, position = tf.unique(g.indices)
+    return tf.IndexedSlices(tf.math.unsorted_segment_sum(g.values, position, tf.shape(rows)[0]), rows, g.dense_shape)
+
+
+def _sample_loss(loss):
+    """(labels [N], logits [N]) -> per-sample loss [N] from a compiled Keras loss (None: BCE on logits)."""
+    if loss is None:
+        return maml.sigmoid_cross_entropy
+    fn = keras.losses.get(loss)
+    from_logits = bool(getattr(fn, "from_logits", False))
+    call = fn.call if isinstance(fn, keras.losses.Loss) else fn
+
+    def sample_loss(labels, logits):
+        pred = logits if from_logits else tf.sigmoid(logits)
+        return tf.reshape(call(labels[:, None], pred[:, None]), [-1])
+    return sample_loss
+
+
 @keras.saving.register_keras_serializable("limaml_tf")
 class LiMAMLModel(keras.Model):
     """A ranking network split into a meta block (adapted per task) and a global block.
 
     Args:
-      meta_block: Keras layer/model, encoded features -> meta embedding [batch, d].
+      meta_block: Keras layer/model, encoded features -> meta embedding [batch, d]; or a
+        `TaskParameterizedMetaBlock` that adapts a small per-task tensor (e.g. an ID embedding row).
       global_block: Keras layer/model, encoded features + "meta_embedding" -> logits.
       spec: the FeatureSpec of the data (raw inputs are encoded inside the model).
       inner_steps: n, SGD steps per task in the inner loop.
@@ -100,22 +89,36 @@ class LiMAMLModel(keras.Model):
       first_order: drop second-order terms (first-order MAML).
       adapt_global_block: adapt the global block too (entire-network MAML).
       eval_steps / eval_learning_rate: adaptation at evaluation; default n and α.
-      max_tasks_per_chunk: process at most this many tasks at once (bounds memory; the
-        gradient is accumulated over chunks and is the same as without chunking).
+      max_tasks_per_chunk: process at most this many tasks at once (bounds memory; the gradient is
+        accumulated over chunks and equals the unchunked one, random draws included).
       support_dropout: in training, the fraction of tasks whose support set is hidden, so their query
         loss trains the un-adapted model too (the cold-start path of tasks with no recent samples).
-      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA:
-        fuses the many small per-task ops (faster step, longer first trace; same maths, float
-        rounding may differ slightly).
-    """
+      mixed_loss_weight: λ; the outer loss adds λ × the un-adapted network's loss on every real sample
+        of the task (support and query), so the global block learns from all data (not in the paper).
+      learn_inner_learning_rate: Meta-SGD — one trainable rate per adapted weight (initialised at α),
+        learned through the inner loop; it then replaces α (and `eval_learning_rate`) everywhere.
+      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA.
 
-    meta_learning = True
+    >>> import keras, limaml_tf as lt
+    >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
+    >>> spec = spec.fit(df)
+    >>> model = lt.LiMAMLModel(lt.MLPMetaBlock(spec.meta_features, output_dim=4),
+    ...                        lt.MLPGlobalBlock(spec.other_features), spec, inner_learning_rate=0.5)
+    >>> model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=[keras.metrics.AUC(name="auc")])
+    >>> tasks = lt.split_tasks(df, spec, max_samples_per_task=16)
+    >>> history = model.fit(tasks.dataset(tasks_per_batch=8), epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['auc', 'loss']
+    >>> model.adapt_and_predict(next(tasks.batches(8)), steps=1).shape  # [tasks, query slots]
+    (8, 4)
+    """
 
     def __init__(self, meta_block, global_block, spec: FeatureSpec | dict, inner_steps: int = 1,
                  inner_learning_rate: float = 0.1, first_order: bool = False, adapt_global_block: bool = False,
                  eval_steps: int | None = None, eval_learning_rate: float | None = None,
                  max_tasks_per_chunk: int | None = None, jit_inner_loop: bool = False,
-                 support_dropout: float = 0.0, **kwargs):
+                 support_dropout: float = 0.0, mixed_loss_weight: float = 0.0,
+                 learn_inner_learning_rate: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.from_dict(spec)
         self.meta_block, self.global_block = meta_block, global_block
@@ -123,21 +126,33 @@ class LiMAMLModel(keras.Model):
         if adapt_global_block:
             _check_no_batchnorm(global_block, "global block (adapted: adapt_global_block=True)")
         self.encoder = FeatureEncoder(self.spec, name="feature_encoder")
-        self.inner_steps, self.inner_learning_rate = int(inner_steps), float(inner_learning_rate)
+        self.inner_steps = _count("inner_steps", inner_steps)
+        self.inner_learning_rate = _rate("inner_learning_rate", inner_learning_rate)
         self.first_order, self.adapt_global_block = bool(first_order), bool(adapt_global_block)
-        self.eval_steps = self.inner_steps if eval_steps is None else int(eval_steps)
-        self.eval_learning_rate = self.inner_learning_rate if eval_learning_rate is None else float(eval_learning_rate)
+        self.eval_steps = self.inner_steps if eval_steps is None else _count("eval_steps", eval_steps)
+        self.eval_learning_rate = (self.inner_learning_rate if eval_learning_rate is None
+                                   else _rate("eval_learning_rate", eval_learning_rate))
+        if max_tasks_per_chunk is not None and int(max_tasks_per_chunk) < 1:
+            raise ValueError(f"max_tasks_per_chunk must be a positive integer or None, got {max_tasks_per_chunk}")
         self.max_tasks_per_chunk = max_tasks_per_chunk
         self.jit_inner_loop = bool(jit_inner_loop)
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
         self.support_dropout = float(support_dropout)
-        self._task_seed = keras.random.SeedGenerator(0, name="task_seed") if support_dropout else None
-        self._jit_objective = None
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.auc_metric = keras.metrics.AUC(name="auc")
+        if not (math.isfinite(mixed_loss_weight) and mixed_loss_weight >= 0):
+            raise ValueError(f"mixed_loss_weight must be a finite number >= 0, got {mixed_loss_weight}")
+        self.mixed_loss_weight = float(mixed_loss_weight)
+        self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
+        self._jit_scores = None
         self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
         self(self.spec.dummy_inputs(2))  # creates every weight, so stateless calls and loading work
+        self.inner_rates = self._make_inner_rates() if self.learn_inner_learning_rate else None
+
+    def _make_inner_rates(self):
+        task = {"id": tf.constant(0, tf.int32)}
+        shapes = [p.shape for p in maml.initial_params(self.network, self._weights(), task)]
+        return [self.add_weight(shape=s, initializer=keras.initializers.Constant(self.inner_learning_rate),
+                                name=f"inner_rate_{i}") for i, s in enumerate(shapes)]
 
     # -- plain forward (un-adapted, or with a given meta embedding) ---------
     def embed(self, encoded, training=False):
@@ -153,152 +168,42 @@ class LiMAMLModel(keras.Model):
         embedding = inputs["meta_embedding"] if "meta_embedding" in inputs else self.embed(encoded, training)
         return tf.sigmoid(self.global_logits(encoded, embedding, training))
 
+    # -- the algorithm's inputs ----------------------------------------------
     @property
-    def metrics(self):
-        return [self.loss_tracker, self.auc_metric]
+    def network(self) -> maml.Network:
+        return maml.Network(self.meta_block, self.global_block, self.adapt_global_block,
+                            _sample_loss(getattr(self, "loss", None)))
 
-    # -- functional pieces used per task ----------------------------------
-    @property
-    def _custom_meta(self) -> bool:
-        return hasattr(self.meta_block, "task_parameters")
+    def _weights(self) -> maml.Weights:
+        read = lambda vs: [tf.convert_to_tensor(v) for v in vs]  # noqa: E731  (once, outside pfor)
+        rates = read(self.inner_rates) if getattr(self, "inner_rates", None) else None
+        return maml.Weights(read(self.meta_block.trainable_variables),
+                            read(self.global_block.trainable_variables), rates)
 
-    def _stateless(self, block, params, inputs, task_index, step, training):
-        """block(inputs) with explicit trainable weights; random layers get a seed per task and step."""
-        non_trainable = []
-        for v in block.non_trainable_variables:
-            value = v.value
-            if _is_seed_state(v):
-                value = value + tf.cast(tf.stack([task_index, step]), value.dtype)
-            non_trainable.append(value)
-        kwargs = {"training": training} if block._call_has_training_arg else {}
-        out, _ = block.stateless_call(params, non_trainable, inputs, **kwargs)
-        return out
+    def _task_ids(self, task_key, num_tasks):
+        """Each task's key encoded by a `TaskParameterizedMetaBlock`'s `task_feature` (else zeros)."""
+        if not isinstance(self.meta_block, TaskParameterizedMetaBlock):
+            return tf.zeros([num_tasks], tf.int32)
+        if task_key is None:
+            raise ValueError(f"meta block {self.meta_block.name!r} selects per-task parameters by task key: "
+                             "pass the bundle's `task_key` (tasks.TaskSet bundles carry it)")
+        return self.encoder.encode_feature(self.meta_block.task_feature, task_key)
 
-    def _initial_params(self, weights, features):
-        meta_w, global_w = weights
-        meta = self.meta_block.task_parameters(meta_w, features) if self._custom_meta else list(meta_w)
-        return meta + (list(global_w) if self.adapt_global_block else [])
-
-    def _split(self, params, weights):
-        n_meta = len(params) - (len(weights[1]) if self.adapt_global_block else 0)
-        return params[:n_meta], (params[n_meta:] if self.adapt_global_block else weights[1])
-
-    def _task_embedding(self, meta_params, features, task_index, step, training):
-        if self._custom_meta:
-            return self.meta_block.call_with_task_parameters(meta_params, features)
-        return self._stateless(self.meta_block, meta_params, features, task_index, step, training)
-
-    def _task_logits(self, params, weights, features, task_index, step, training):
-        meta_p, global_p = self._split(params, weights)
-        emb = self._task_embedding(meta_p, features, task_index, step, training)
-        logits = self._stateless(self.global_block, global_p, {**features, "meta_embedding": emb},
-                                 task_index, step, training)
-        return tf.reshape(logits, [-1])
-
-    def _has_random_layers(self) -> bool:
-        return any(_is_seed_state(v) for v in self.meta_block.non_trainable_variables
-                   + self.global_block.non_trainable_variables)
-
-    def _weights(self):
-        # Read each variable once, outside the vectorized loop (pfor cannot vectorize resource reads).
-        return ([tf.convert_to_tensor(v) for v in self.meta_block.trainable_variables],
-                [tf.convert_to_tensor(v) for v in self.global_block.trainable_variables])
-
-    def _adapt(self, weights, s_x, s_y, s_m, index, steps, lr, training, first_order, seed_offset):
-        """One task's inner loop: `steps` SGD steps on its support loss; returns the adapted params.
-        A task whose support mask is all zero keeps the initial params (zero gradient)."""
-        params = self._initial_params(weights, s_x)
-        for step in range(steps):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                logits = self._task_logits(params, weights, s_x, index, seed_offset + step, training)
-                loss = masked_mean_bce(s_y, logits, s_m)
-            grads = [_dense(g, p) for g, p in zip(tape.gradient(loss, params), params)]
-            if first_order:
-                grads = [tf.stop_gradient(g) for g in grads]
-            params = [p - lr * g for p, g in zip(params, grads)]
-        return params
-
-    def _vectorized(self, fn, elems, training, fallback_to_while_loop):
-        # pfor cannot vectorize a per-task random seed: fall back (for the random ops only) when the
-        # model has random layers in training; otherwise never, so an accidental fallback fails loudly.
-        if fallback_to_while_loop is None:
-            fallback_to_while_loop = bool(training) and self._has_random_layers()
-        return tf.vectorized_map(fn, elems, fallback_to_while_loop=fallback_to_while_loop)
-
-    def adapt_and_score(self, encoded, steps: int, learning_rate, training=False, first_order=None,
-                        seed_offset=0, fallback_to_while_loop=None):
-        """Adapts every task of an encoded bundle on its support set, scores its query set.
-
-        Returns (per-task query loss [T], query logits [T, Q]), vectorized over tasks.
-        """
-        first_order = self.first_order if first_order is None else first_order
-        weights = self._weights()
-        lr = tf.cast(learning_rate, self.compute_dtype)
-
-        def one_task(elems):
-            s_x, s_y, s_m, q_x, q_y, q_m, index = elems
-            params = self._adapt(weights, s_x, s_y, s_m, index, steps, lr, training, first_order, seed_offset)
-            q_logits = self._task_logits(params, weights, q_x, index, seed_offset + steps, training)
-            return masked_mean_bce(q_y, q_logits, q_m), q_logits
-
-        t = tf.shape(encoded["query_mask"])[0]
-        elems = (encoded["support"], encoded["support_label"], encoded["support_mask"],
-                 encoded["query"], encoded["query_label"], encoded["query_mask"], tf.range(t, dtype=tf.int32))
-        return self._vectorized(one_task, elems, training, fallback_to_while_loop)
-
-    def meta_embeddings(self, support, support_label, support_mask, latest, steps: int, learning_rate,
-                        aggregation: str = "latest"):
-        """Algorithm 2b: per task, adapt the meta block on its recent samples (`support`, encoded
-        [T, S, ...]) with `steps` SGD steps, then embed. Returns [T, d].
-
-        aggregation: "latest" (the adapted meta block on the task's latest sample, `latest`:
-        encoded [T, ...]; the paper's choice), or "mean" / "max" / "cosine" pooling of the adapted
-        embeddings of all real recent samples ("cosine": weights = max(cos(e_j, e_latest), 0)).
-        A task with no real recent sample gets the un-adapted embedding of `latest` (cold start).
-        """
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        weights = self._weights()
-        lr = tf.cast(learning_rate, self.compute_dtype)
-        support_mask = tf.cast(support_mask, self.compute_dtype)
-        support_label = tf.cast(support_label, self.compute_dtype)
-
-        def one_task(elems):
-            s_x, s_y, s_m, last, index = elems
-            params = self._adapt(weights, s_x, s_y, s_m, index, steps, lr, False, True, 0)
-            meta_p, _ = self._split(params, weights)
-            last_emb = self._task_embedding(meta_p, tf.nest.map_structure(lambda a: a[None], last),
-                                            index, steps, False)[0]
-            if aggregation == "latest":
-                return last_emb
-            embs = self._task_embedding(meta_p, s_x, index, steps, False)
-            m = s_m[:, None]
-            has = tf.reduce_sum(s_m) > 0
-            if aggregation == "mean":
-                pooled = tf.reduce_sum(embs * m, 0) / tf.maximum(tf.reduce_sum(s_m), 1.0)
-            elif aggregation == "max":
-                pooled = tf.reduce_max(tf.where(m > 0, embs, tf.cast(-1e30, embs.dtype)), 0)
-            else:
-                cos = tf.reduce_sum(tf.math.l2_normalize(embs, -1) * tf.math.l2_normalize(last_emb, -1), -1)
-                w = tf.maximum(cos, 0.0) * s_m
-                pooled = tf.reduce_sum(embs * w[:, None], 0) / tf.maximum(tf.reduce_sum(w), 1e-12)
-            return tf.where(has, pooled, last_emb)
-
-        t = tf.shape(support_mask)[0]
-        elems = (support, support_label, support_mask, latest, tf.range(t, dtype=tf.int32))
-        return self._vectorized(one_task, elems, False, None)
-
-    # -- bundles -------------------------------------------------------------
-    def encode_bundle(self, bundle):
-        """Encodes the raw support/query features of a bundle ([T, S, ...] -> [T, S, ...])."""
-        out = dict(bundle)
+    def encode_bundle(self, bundle, step=0):
+        """Encodes a raw task bundle: features [T, S, ...], labels and masks, `task_id` [T] and per-task
+        random seeds `task_seed` [T, 2] (distinct per task, replica and training `step`)."""
+        out, dtype = {}, self.variable_dtype
         for name in SETS:
-            raw = bundle[name]
             mask = bundle[f"{name}_mask"]
-            out[name] = self.encode_samples(raw, tf.shape(mask)[:2])
-            out[f"{name}_mask"] = tf.cast(mask, self.compute_dtype)
-            out[f"{name}_label"] = tf.cast(bundle[f"{name}_label"], self.compute_dtype)
+            out[name] = self.encode_samples(bundle[name], tf.shape(mask)[:2])
+            out[f"{name}_mask"] = tf.cast(mask, dtype)
+            out[f"{name}_label"] = tf.cast(bundle[f"{name}_label"], dtype)
+        t = tf.shape(out["query_mask"])[0]
+        out["task_id"] = self._task_ids(bundle.get("task_key"), t)
+        replica, replicas = distribute.replica_id_and_count()
+        seeds = maml.task_seeds(t, replica, replicas)
+        stride = (self.inner_steps + 2) * maml.DRAWS_PER_PASS  # more than the forward passes of one step
+        out["task_seed"] = seeds + tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64) * stride])
         return out
 
     def encode_samples(self, raw, lead_shape):
@@ -308,121 +213,121 @@ class LiMAMLModel(keras.Model):
         enc = self.encoder(flat)
         return {k: tf.reshape(v, tf.concat([lead_shape, tf.shape(v)[1:]], 0)) for k, v in enc.items()}
 
+    def _scores(self, encoded, steps, learning_rate, training, unadapted_loss=False):
+        fallback = bool(training) and any(maml.is_seed_state(v) for v in self.meta_block.non_trainable_variables
+                                          + self.global_block.non_trainable_variables)
+        return maml.adapt_and_score(self.network, self._weights(), encoded, steps, learning_rate, training,
+                                    self.first_order, unadapted_loss, fallback)
+
+    def adapt_and_score(self, encoded, steps: int, learning_rate, training=False, fallback_to_while_loop=None):
+        """(per-task query loss [T], query logits [T, Q]) after `steps` SGD steps per task on its support set."""
+        if fallback_to_while_loop is None:
+            out = self._scores(encoded, steps, learning_rate, training)
+        else:
+            out = maml.adapt_and_score(self.network, self._weights(), encoded, steps, learning_rate, training,
+                                       self.first_order, False, fallback_to_while_loop)
+        return out["query_loss"], out["query_logits"]
+
+    def meta_embeddings(self, support, support_label, support_mask, latest, steps: int, learning_rate,
+                        aggregation: str = "latest", task_key=None):
+        """Algorithm 2b on encoded recent samples (see `maml.meta_embeddings`); `task_key` [T] is needed
+        by a `TaskParameterizedMetaBlock`. Returns [T, d]."""
+        dtype = self.variable_dtype
+        task_id = self._task_ids(task_key, tf.shape(support_mask)[0])
+        return maml.meta_embeddings(self.network, self._weights(),
+                                    (support, tf.cast(support_label, dtype), tf.cast(support_mask, dtype)),
+                                    latest, task_id, steps, learning_rate, aggregation)
+
+    # -- training ----------------------------------------------------------------
+    def _hide_supports(self, encoded):
+        """support_dropout: hide the support set of a random fraction of the tasks (drawn per task and
+        replica from the step's seeds, before chunking)."""
+        seeds = encoded["task_seed"] + tf.constant([0, 1], tf.int64) * 0x5EED
+        u = tf.map_fn(lambda s: tf.random.stateless_uniform([], seed=s), seeds, fn_output_signature=tf.float32)
+        keep = tf.cast(u >= self.support_dropout, encoded["support_mask"].dtype)
+        return {**encoded, "support_mask": encoded["support_mask"] * keep[:, None]}
+
+    def normalizer(self, encoded):
+        """Tasks with a query sample in the *global* batch (summed over replicas)."""
+        count = tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, encoded["query_mask"].dtype))
+        return tf.maximum(distribute.sum_over_replicas(count), 1.0)
+
+    def objective(self, chunk, normalizer, training=True):
+        """(this chunk's share of the outer loss, query logits [T, Q])."""
+        mixed = self.mixed_loss_weight > 0
+        if self.jit_inner_loop:
+            if self._jit_scores is None:
+                self._jit_scores = tf.function(lambda enc, training: self._scores(
+                    enc, self.inner_steps, self.inner_learning_rate, training, mixed), jit_compile=True)
+            out = self._jit_scores(chunk, training)
+        else:
+            out = self._scores(chunk, self.inner_steps, self.inner_learning_rate, training, mixed)
+        has_query = tf.cast(tf.reduce_sum(chunk["query_mask"], -1) > 0, out["query_loss"].dtype)
+        per_task = out["query_loss"]
+        if mixed:
+            per_task = per_task + self.mixed_loss_weight * out["unadapted_loss"]
+        return tf.reduce_sum(per_task * has_query) / tf.cast(normalizer, per_task.dtype), out["query_logits"]
+
     def _chunks(self, encoded):
         t = encoded["query_mask"].shape[0]
-        if not self.max_tasks_per_chunk or t is None:  # t is None: a per-replica batch of unknown size
-            yield 0, encoded
-            return
         size = self.max_tasks_per_chunk
-        for start in range(0, t, size):
-            yield start, tf.nest.map_structure(lambda a: a[start:start + size], encoded)
-
-    def objective(self, encoded, training=True):
-        """Training loss of one chunk of tasks: per-task losses and query logits (summed later)."""
-        if not self.meta_learning:
-            logits = {}
-            for name in SETS:
-                m = encoded[f"{name}_mask"]
-                flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in encoded[name].items()}
-                emb = self.embed(flat, training)
-                logits[name] = tf.reshape(self.global_logits(flat, emb, training), tf.shape(m))
-            sample_loss = {n: tf.nn.sigmoid_cross_entropy_with_logits(labels=encoded[f"{n}_label"], logits=logits[n])
-                           * encoded[f"{n}_mask"] for n in SETS}
-            return sample_loss, logits["query"]
-        if training and self.support_dropout:
-            t = tf.shape(encoded["support_mask"])[0]
-            keep = keras.random.uniform([t, 1], seed=self._task_seed) >= self.support_dropout
-            encoded = {**encoded, "support_mask": encoded["support_mask"] * tf.cast(keep, self.compute_dtype)}
-        if self.jit_inner_loop:
-            if self._jit_objective is None:
-                self._jit_objective = tf.function(
-                    lambda enc, training: self.adapt_and_score(enc, self.inner_steps, self.inner_learning_rate,
-                                                               training=training), jit_compile=True)
-            numeric = {k: encoded[k] for k in SETS + tuple(f"{n}_{p}" for n in SETS for p in ("label", "mask"))}
-            return self._jit_objective(numeric, training)
-        task_loss, q_logits = self.adapt_and_score(encoded, self.inner_steps, self.inner_learning_rate,
-                                                   training=training)
-        return task_loss, q_logits
-
-    def _weighted_loss(self, out, encoded, normalizer):
-        if self.meta_learning:
-            has_query = tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, self.compute_dtype)
-            return tf.reduce_sum(out * has_query) / normalizer
-        return sum(tf.reduce_sum(v) for v in out.values()) / normalizer
-
-    def _normalizer(self, encoded):
-        """Tasks with a query sample (meta learning) or real samples (vanilla) in the whole *global*
-        batch: under a tf.distribute strategy the count is summed over replicas, so the all-reduced
-        sum of the replicas' losses is the single-device mean over the global batch."""
-        if self.meta_learning:
-            count = tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, self.compute_dtype))
-        else:
-            count = sum(tf.reduce_sum(encoded[f"{n}_mask"]) for n in SETS)
-        return tf.maximum(_sum_over_replicas(count), 1.0)
+        if not size or t is None:  # t is None: a per-replica batch of unknown size
+            return [encoded]
+        return [tf.nest.map_structure(lambda a: a[s:s + size], encoded) for s in range(0, t, size)]
 
     def compute_gradients(self, bundle):
-        """(loss, gradients for self.trainable_variables, query logits, encoded bundle) of one step.
-
-        Under a tf.distribute strategy, loss and gradients are this replica's share: its tasks'
-        losses over the global task count (summing the shares over replicas gives the global ones)."""
-        encoded = self.encode_bundle(bundle)
-        normalizer = self._normalizer(encoded)
+        """(loss, gradients for self.trainable_variables, query logits, encoded bundle) of one training
+        step. Under a tf.distribute strategy they are this replica's share (its tasks over the global
+        task count). Gradients of embedding tables stay `tf.IndexedSlices`."""
+        optimizer = getattr(self, "optimizer", None)
+        step = optimizer.iterations if optimizer is not None else 0
+        encoded = self.encode_bundle(bundle, step)
+        if self.support_dropout:
+            encoded = self._hide_supports(encoded)
+        normalizer = self.normalizer(encoded)
         variables = self.trainable_variables
-        total_loss, grads, logits = 0.0, [tf.zeros_like(v) for v in variables], []
-        for _, chunk in self._chunks(encoded):
+        total, grads, logits = 0.0, [None] * len(variables), []
+        for i, chunk in enumerate(self._chunks(encoded)):
             with tf.GradientTape() as tape:
-                out, q_logits = self.objective(chunk, training=True)
-                loss = self._weighted_loss(out, chunk, normalizer)
-            chunk_grads = tape.gradient(loss, variables)
-            grads = [g + _dense(c, v) for g, c, v in zip(grads, chunk_grads, variables)]
-            total_loss += loss
+                loss, q_logits = self.objective(chunk, normalizer, training=True)
+                if i == 0 and self.losses:  # regularization, once per step (a 1/R share per replica)
+                    loss += tf.cast(tf.add_n(self.losses), loss.dtype) / distribute.num_replicas()
+                scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
+            grads = [_add_gradients(g, c) for g, c in zip(grads, tape.gradient(scaled, variables))]
+            total += loss
             logits.append(q_logits)
-        return total_loss, grads, tf.concat(logits, 0), encoded
-
-    def _update_metrics(self, loss, encoded, q_logits):
-        # the Mean tracker sums totals and counts over replicas: a replica's share * R averages to the total
-        self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
-        self.auc_metric.update_state(tf.reshape(encoded["query_label"], [-1]), tf.reshape(tf.sigmoid(q_logits), [-1]),
-                                     sample_weight=tf.reshape(encoded["query_mask"], [-1]))
-        logs = {m.name: m.result() for m in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3 reduces a multi-worker step's logs with reduce("MEAN", axis=0), which fails on
-            # scalars (tensorflow/tensorflow#72388): give them a leading axis.
-            logs = {k: v[None] for k, v in logs.items()}
-        return logs
+        grads = [tf.zeros_like(v) if g is None else _merge_duplicate_rows(g) for g, v in zip(grads, variables)]
+        return total, grads, tf.concat(logits, 0), encoded
 
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
         loss, grads, q_logits, encoded = self.compute_gradients(bundle)
-        context = _replica_context()
-        if context is not None and _clips(self.optimizer):
-            # Keras clips each replica's share *before* its all-reduce, which is not the clip of the global
-            # gradient: reduce here, clip, and give the optimizer a 1/R share of the clipped gradient (its
-            # all-reduce sums the shares back; its own clip is then a no-op).
-            grads = _clip(self.optimizer, context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
-            grads = [g / context.num_replicas_in_sync for g in grads]
+        grads = distribute.clip_global_gradient(self.optimizer, grads)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        for v in self.meta_block.non_trainable_variables + self.global_block.non_trainable_variables:
-            if _is_seed_state(v):  # fresh randomness next step (per-task offsets are added per call)
-                v.assign(v + tf.cast(tf.stack([0, self.inner_steps + 1]), v.dtype))
-        return self._update_metrics(loss, encoded, q_logits)
+        return self._logs(loss, encoded, q_logits)
 
-    def _score_bundle(self, bundle):
-        encoded = self.encode_bundle(bundle)
-        task_loss, q_logits = self.adapt_and_score(encoded, self.eval_steps, self.eval_learning_rate)
-        return encoded, task_loss, q_logits
+    # -- evaluation ----------------------------------------------------------------
+    def _logs(self, loss, encoded, q_logits):
+        # the Mean tracker sums totals and counts over replicas: a replica's share * R averages to the total
+        self._loss_tracker.update_state(loss * distribute.num_replicas())
+        probs = tf.sigmoid(tf.cast(q_logits, tf.float32))
+        self.compute_metrics(None, tf.reshape(encoded["query_label"], [-1]), tf.reshape(probs, [-1]),
+                             sample_weight=tf.reshape(encoded["query_mask"], [-1]))
+        return distribute.multi_worker_logs(self.get_metrics_result())
 
     def test_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
-        encoded, task_loss, q_logits = self._score_bundle(bundle)
-        has_query = tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, self.compute_dtype)
-        loss = tf.reduce_sum(task_loss * has_query) / tf.maximum(_sum_over_replicas(tf.reduce_sum(has_query)), 1.0)
-        return self._update_metrics(loss, encoded, q_logits)
+        encoded = self.encode_bundle(bundle)
+        out = self._scores(encoded, self.eval_steps, self.eval_learning_rate, False)
+        has_query = tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, out["query_loss"].dtype)
+        count = tf.maximum(distribute.sum_over_replicas(tf.reduce_sum(has_query)), 1.0)
+        return self._logs(tf.reduce_sum(out["query_loss"] * has_query) / count, encoded, out["query_logits"])
 
     def predict_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
         if "query_mask" in x:  # a task bundle: adapt on support, score query -> [T, Q]
-            return tf.sigmoid(self._score_bundle(x)[2])
+            out = self._scores(self.encode_bundle(x), self.eval_steps, self.eval_learning_rate, False)
+            return tf.sigmoid(out["query_logits"])
         return self(x, training=False)
 
     def adapt_and_predict(self, bundle, steps: int | None = None, learning_rate: float | None = None):
@@ -431,7 +336,7 @@ class LiMAMLModel(keras.Model):
         lr = self.eval_learning_rate if learning_rate is None else float(learning_rate)
         if steps not in self._adapt_fns:
             self._adapt_fns[steps] = tf.function(
-                lambda b, lr: tf.sigmoid(self.adapt_and_score(self.encode_bundle(b), steps, lr)[1]),
+                lambda b, lr: tf.sigmoid(self._scores(self.encode_bundle(b), steps, lr, False)["query_logits"]),
                 reduce_retracing=True)
         return self._adapt_fns[steps](bundle, tf.constant(lr, tf.float32)).numpy()
 
@@ -456,7 +361,8 @@ class LiMAMLModel(keras.Model):
             "first_order": self.first_order, "adapt_global_block": self.adapt_global_block,
             "eval_steps": self.eval_steps, "eval_learning_rate": self.eval_learning_rate,
             "max_tasks_per_chunk": self.max_tasks_per_chunk, "jit_inner_loop": self.jit_inner_loop,
-            "support_dropout": self.support_dropout,
+            "support_dropout": self.support_dropout, "mixed_loss_weight": self.mixed_loss_weight,
+            "learn_inner_learning_rate": self.learn_inner_learning_rate,
         }
 
     @classmethod
@@ -467,13 +373,51 @@ class LiMAMLModel(keras.Model):
         return cls(**config)
 
 
+def _count(name, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _rate(name, value) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
 @keras.saving.register_keras_serializable("limaml_tf")
 class VanillaModel(LiMAMLModel):
     """The same blocks trained by plain gradient descent on every real sample of the task batch
     (support and query); the meta embedding is the un-adapted meta block's output. Evaluation
-    adapts per task only if `eval_steps` > 0 (the "vanilla + fine-tune" baseline)."""
+    adapts per task only if `eval_steps` > 0 (the "vanilla + fine-tune" baseline).
 
-    meta_learning = False
+    >>> import keras, limaml_tf as lt
+    >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
+    >>> spec = spec.fit(df)
+    >>> model = lt.VanillaModel(lt.MLPMetaBlock(spec.meta_features), lt.MLPGlobalBlock(spec.other_features),
+    ...                         spec, eval_steps=2, eval_learning_rate=0.1)  # vanilla + fine-tune
+    >>> model.compile(optimizer="adam")
+    >>> _ = model.fit(lt.split_tasks(df, spec).dataset(tasks_per_batch=8), epochs=1, verbose=0)
+    """
 
     def __init__(self, meta_block, global_block, spec, eval_steps: int = 0, **kwargs):
         super().__init__(meta_block, global_block, spec, eval_steps=eval_steps, **kwargs)
+
+    def normalizer(self, encoded):
+        """Real samples (support and query) in the global batch."""
+        count = sum(tf.reduce_sum(encoded[f"{n}_mask"]) for n in SETS)
+        return tf.maximum(distribute.sum_over_replicas(count), 1.0)
+
+    def objective(self, chunk, normalizer, training=True):
+        """Every real sample through the un-adapted network: (summed loss / normalizer, query logits)."""
+        total, logits = 0.0, None
+        for name in SETS:
+            mask = chunk[f"{name}_mask"]
+            flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in chunk[name].items()}
+            out = self.global_logits(flat, self.embed(flat, training), training)
+            per_sample = self.network.sample_loss(tf.cast(tf.reshape(chunk[f"{name}_label"], [-1]), tf.float32),
+                                                  tf.cast(out, tf.float32))
+            total += tf.reduce_sum(per_sample * tf.cast(tf.reshape(mask, [-1]), tf.float32))
+            logits = tf.reshape(out, tf.shape(mask))
+        return tf.cast(total, self.variable_dtype) / tf.cast(normalizer, self.variable_dtype), logits

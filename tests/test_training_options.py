@@ -98,5 +98,5 @@ def test_xla_inner_loop_gives_the_same_gradients(tasks):
         grads[jit] = tf.function(lambda b: model.compute_gradients(b)[:2])(bundle)
     np.testing.assert_allclose(grads[True][0], grads[False][0], rtol=1e-5)
     for a, b in zip(grads[True][1], grads[False][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-4, atol=1e-6)
     assert LiMAMLModel.from_config(model.get_config()).jit_inner_loop

@@ -1,0 +1,227 @@
+"""The LiMAML algorithm as pure functions of (network, weights, tensors).
+
+Nothing here knows about Keras training plumbing (optimizers, metrics, distribution strategies):
+`LiMAMLModel` calls these functions from its train / test / predict steps, and the adapter export
+calls `meta_embeddings` (Algorithm 2b), so each piece of the algorithm exists once.
+
+Vocabulary:
+  network  `Network`: the meta block, the global block, whether the global block adapts too
+           (entire-network MAML), and the per-sample loss.
+  weights  `Weights`: the *values* of the blocks' trainable variables, read once outside the
+           vectorized loop (pfor cannot vectorize resource reads), and the Meta-SGD inner rates.
+  task     per-task side inputs of the vectorized loop: `id` (the task key encoded by the meta
+           block's `task_feature`, 0 when the block has none) and `seed` (int64 [2], see `task_seeds`).
+  encoded  an encoded task bundle (`LiMAMLModel.encode_bundle`): support / query feature dicts
+           [T, S, ...], `<set>_label`, `<set>_mask` [T, S], `task_id` [T], `task_seed` [T, 2].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import tensorflow as tf
+
+from limaml_tf.blocks import TaskParameterizedMetaBlock
+
+AGGREGATIONS = ("latest", "mean", "max", "cosine")
+# A block may draw up to this many random tensors in one forward pass: Keras' SeedGenerator adds 1 to
+# the second seed component per draw, and consecutive passes of a task are this far apart.
+DRAWS_PER_PASS = 1 << 10
+
+
+def sigmoid_cross_entropy(labels, logits):
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    meta_block: object
+    global_block: object
+    adapt_global_block: bool = False
+    # (labels [N], logits [N]) -> per-sample loss [N], float32
+    sample_loss: Callable = sigmoid_cross_entropy
+
+
+class Weights(NamedTuple):
+    meta: list
+    global_: list
+    inner_rates: list | None = None  # Meta-SGD: one rate tensor per adapted parameter (shaped like it)
+
+
+def masked_mean(values, mask):
+    """Mean of `values` over the entries with mask 1, along the last axis (0 where there are none)."""
+    mask = tf.cast(mask, values.dtype)
+    return tf.reduce_sum(values * mask, -1) / tf.maximum(tf.reduce_sum(mask, -1), 1.0)
+
+
+def task_loss(net: Network, labels, logits, mask):
+    """Masked mean per-sample loss of one task's set; half-precision logits are cast up to float32
+    first (mixed precision), as Keras computes losses."""
+    if logits.dtype in (tf.float16, tf.bfloat16):
+        logits = tf.cast(logits, tf.float32)
+    return masked_mean(net.sample_loss(tf.cast(labels, logits.dtype), logits), mask)
+
+
+def is_seed_state(variable) -> bool:
+    return "seed_generator_state" in variable.path
+
+
+def task_seeds(num_tasks, replica_id=0, num_replicas=1):
+    """int64 [T, 2] per-task seed offsets: task t of replica r gets first component t * R + r, so seeds
+    are distinct per (task of the whole bundle, replica). Computed before chunking, so a chunked and an
+    unchunked run of the same bundle draw the same masks."""
+    t = tf.range(tf.cast(num_tasks, tf.int64), dtype=tf.int64)
+    first = t * tf.cast(num_replicas, tf.int64) + tf.cast(replica_id, tf.int64)
+    return tf.stack([first, tf.zeros_like(first)], axis=1)
+
+
+def call_block(block, params, inputs, seed, training):
+    """block(inputs) with explicit trainable weights; its random layers draw from state + `seed`."""
+    non_trainable = [v.value + tf.cast(seed, v.dtype) if is_seed_state(v) else v.value
+                     for v in block.non_trainable_variables]
+    kwargs = {"training": training} if block._call_has_training_arg else {}
+    out, _ = block.stateless_call(params, non_trainable, inputs, **kwargs)
+    return out
+
+
+def _pass_seed(task, forward_pass):
+    return task["seed"] + tf.stack([tf.constant(0, tf.int64), tf.cast(forward_pass * DRAWS_PER_PASS, tf.int64)])
+
+
+def initial_params(net: Network, weights: Weights, task) -> list:
+    """The parameters a task adapts, before adaptation: the meta block's weights (or, for a
+    `TaskParameterizedMetaBlock`, its small per-task tensors), then the global block's if it adapts."""
+    if isinstance(net.meta_block, TaskParameterizedMetaBlock):
+        meta = list(net.meta_block.task_parameters(weights.meta, task["id"]))
+    else:
+        meta = list(weights.meta)
+    return meta + (list(weights.global_) if net.adapt_global_block else [])
+
+
+def split_params(net: Network, params, weights: Weights):
+    """(meta-block params, global-block params) of a task's parameter list."""
+    if not net.adapt_global_block:
+        return params, weights.global_
+    n_meta = len(params) - len(weights.global_)
+    return params[:n_meta], params[n_meta:]
+
+
+def embed(net: Network, meta_params, features, seed, training):
+    if isinstance(net.meta_block, TaskParameterizedMetaBlock):
+        return net.meta_block.call_with_task_parameters(meta_params, features)
+    return call_block(net.meta_block, meta_params, features, seed, training)
+
+
+def task_logits(net: Network, params, weights: Weights, features, task, forward_pass, training):
+    """Logits [N] of one task's samples under its parameters `params`."""
+    meta_p, global_p = split_params(net, params, weights)
+    seed = _pass_seed(task, forward_pass)
+    emb = embed(net, meta_p, features, seed, training)
+    logits = call_block(net.global_block, global_p, {**features, "meta_embedding": emb}, seed, training)
+    return tf.reshape(logits, [-1])
+
+
+def adapt(net: Network, weights: Weights, support, task, steps: int, learning_rate, first_order: bool,
+          training: bool):
+    """One task's inner loop: `steps` SGD steps on its support loss; returns the adapted parameters.
+
+    `support` is (features, labels, mask). `learning_rate` is α (a scalar); with Meta-SGD
+    (`weights.inner_rates`) each parameter has its own learned rate tensor instead. A task whose
+    support mask is all zero keeps its initial parameters (its gradient is zero)."""
+    features, labels, mask = support
+    params = initial_params(net, weights, task)
+    rates = weights.inner_rates or [learning_rate] * len(params)
+    for step in range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = task_loss(net, labels, task_logits(net, params, weights, features, task, step, training), mask)
+        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
+                 for g, p in zip(tape.gradient(loss, params), params)]
+        if first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        params = [p - tf.cast(r, p.dtype) * tf.cast(g, p.dtype) for p, r, g in zip(params, rates, grads)]
+    return params
+
+
+def vectorized(fn, elems, fallback_to_while_loop: bool):
+    """`fn` mapped over the tasks (axis 0 of every element of `elems`) by pfor, never a Python loop."""
+    return tf.vectorized_map(fn, elems, fallback_to_while_loop=fallback_to_while_loop)
+
+
+def _set(encoded, name):
+    return encoded[name], encoded[f"{name}_label"], encoded[f"{name}_mask"]
+
+
+def _tasks(encoded):
+    return {"id": encoded["task_id"], "seed": encoded["task_seed"]}
+
+
+def adapt_and_score(net: Network, weights: Weights, encoded, steps: int, learning_rate, training=False,
+                    first_order=False, unadapted_loss=False, fallback_to_while_loop=False) -> dict:
+    """Adapts every task of an encoded bundle on its support set and scores its query set.
+
+    Returns {"query_loss": [T], "query_logits": [T, Q]} and, with `unadapted_loss`, "unadapted_loss"
+    [T]: the un-adapted network's mean loss over every real sample of the task (support and query),
+    the second term of the mixed outer objective."""
+    def one_task(elems):
+        support, query, task = elems
+        params = adapt(net, weights, support, task, steps, learning_rate, first_order, training)
+        q_x, q_y, q_m = query
+        logits = task_logits(net, params, weights, q_x, task, steps, training)
+        out = {"query_loss": task_loss(net, q_y, logits, q_m), "query_logits": logits}
+        if unadapted_loss:
+            out["unadapted_loss"] = _unadapted_loss(net, weights, support, query, task, steps + 1, training)
+        return out
+
+    return vectorized(one_task, (_set(encoded, "support"), _set(encoded, "query"), _tasks(encoded)),
+                      fallback_to_while_loop)
+
+
+def _unadapted_loss(net, weights, support, query, task, forward_pass, training):
+    params = initial_params(net, weights, task)
+    features = {k: tf.concat([support[0][k], query[0][k]], 0) for k in support[0]}
+    labels, mask = tf.concat([support[1], query[1]], 0), tf.concat([support[2], query[2]], 0)
+    return task_loss(net, labels, task_logits(net, params, weights, features, task, forward_pass, training), mask)
+
+
+def meta_embeddings(net: Network, weights: Weights, support, latest, task_id, steps: int, learning_rate,
+                    aggregation: str = "latest"):
+    """Algorithm 2b: per task, adapt the meta block on its recent samples `support` = (encoded features
+    [T, S, ...], labels [T, S], mask [T, S]) with `steps` SGD steps, then embed. Returns [T, d].
+
+    aggregation: "latest" (the adapted meta block on the task's latest sample, `latest`: encoded
+    [T, ...]; the paper's choice), or "mean" / "max" / "cosine" pooling of the adapted embeddings of
+    all real recent samples ("cosine": weights max(cos(e_j, e_latest), 0)). A task with no real recent
+    sample gets the un-adapted embedding of `latest` (cold start).
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    features, labels, mask = support
+    seeds = task_seeds(tf.shape(mask)[0])
+
+    def one_task(elems):
+        s_x, s_y, s_m, last, task = elems
+        params = adapt(net, weights, (s_x, s_y, s_m), task, steps, learning_rate, True, False)
+        meta_p, _ = split_params(net, params, weights)
+        last_emb = embed(net, meta_p, tf.nest.map_structure(lambda a: a[None], last), task["seed"], False)[0]
+        if aggregation == "latest":
+            return last_emb
+        embs = embed(net, meta_p, s_x, task["seed"], False)
+        return tf.where(tf.reduce_sum(s_m) > 0, pool(embs, s_m, last_emb, aggregation), last_emb)
+
+    elems = (features, labels, mask, latest, {"id": task_id, "seed": seeds})
+    return vectorized(one_task, elems, False)
+
+
+def pool(embs, mask, latest_emb, aggregation: str):
+    """Pools a task's sample embeddings [S, d] with mask [S]: "mean", "max" or "cosine" (weights
+    max(cos(e_j, latest_emb), 0))."""
+    m = tf.cast(mask, embs.dtype)[:, None]
+    if aggregation == "mean":
+        return tf.reduce_sum(embs * m, 0) / tf.maximum(tf.reduce_sum(m), 1.0)
+    if aggregation == "max":
+        return tf.reduce_max(tf.where(m > 0, embs, tf.cast(-1e30, embs.dtype)), 0)
+    cos = tf.reduce_sum(tf.math.l2_normalize(embs, -1) * tf.math.l2_normalize(latest_emb, -1), -1)
+    w = tf.maximum(cos, 0.0) * m[:, 0]
+    return tf.reduce_sum(embs * w[:, None], 0) / tf.maximum(tf.reduce_sum(w), 1e-12)
