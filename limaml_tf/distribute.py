@@ -56,13 +56,23 @@ def _scale(g, factor):
     return g * factor
 
 
+def merge_duplicate_rows(g):
+    """An `IndexedSlices` gradient with each row once (summed): a gather's gradient, and an all-reduce of
+    sparse gradients, repeat rows, and norms (gradient clipping) must see the summed row. Stays sparse."""
+    if not isinstance(g, tf.IndexedSlices):
+        return g
+    rows, position = tf.unique(g.indices)
+    return tf.IndexedSlices(tf.math.unsorted_segment_sum(g.values, position, tf.shape(rows)[0]), rows, g.dense_shape)
+
+
 def clip_global_gradient(optimizer, grads):
     """Under several replicas with clipping: all-reduce, clip, and hand the optimizer a 1/R share of the
     clipped gradient (its own all-reduce sums the shares back; its clip is then a no-op)."""
     context = replica_context()
     if context is None or not _clips(optimizer):
         return grads
-    grads = _clip(optimizer, context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
+    summed = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    grads = _clip(optimizer, [merge_duplicate_rows(g) for g in summed])
     return [_scale(g, 1.0 / context.num_replicas_in_sync) for g in grads]
 
 

@@ -52,15 +52,6 @@ def _add_gradients(a, b):
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
-def _merge_duplicate_rows(g):
-    """An `IndexedSlices` gradient with each row once (summed): a gather's gradient repeats a row per
-    lookup, and norms (gradient clipping) must see the summed row. Stays sparse."""
-    if not isinstance(g, tf.IndexedSlices):
-        return g
-    rows, position = tf.unique(g.indices)
-    return tf.IndexedSlices(tf.math.unsorted_segment_sum(g.values, position, tf.shape(rows)[0]), rows, g.dense_shape)
-
-
 def _sample_loss(loss):
     """(labels [N], logits [N]) -> per-sample loss [N] from a compiled Keras loss (None: BCE on logits)."""
     if loss is None:
@@ -296,7 +287,7 @@ class LiMAMLModel(keras.Model):
             grads = [_add_gradients(g, c) for g, c in zip(grads, tape.gradient(scaled, variables))]
             total += loss
             logits.append(q_logits)
-        grads = [tf.zeros_like(v) if g is None else _merge_duplicate_rows(g) for g, v in zip(grads, variables)]
+        grads = [tf.zeros_like(v) if g is None else distribute.merge_duplicate_rows(g) for g, v in zip(grads, variables)]
         return total, grads, tf.concat(logits, 0), encoded
 
     def train_step(self, data):
