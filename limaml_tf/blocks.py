@@ -31,7 +31,14 @@ def _as_features(features) -> list[Feature]:
 @keras.saving.register_keras_serializable("limaml_tf")
 class FeatureEmbedding(keras.layers.Layer):
     """Encoded features -> one dense vector: embeddings of categorical / multi-valued features
-    (multi-valued mean-pooled over non-padding ids) concatenated with the numeric values."""
+    (multi-valued mean-pooled over non-padding ids) concatenated with the numeric values.
+
+    >>> import tensorflow as tf, limaml_tf as lt
+    >>> feats = (lt.Feature("age", "numeric"), lt.Feature("country", "categorical", num_bins=10))
+    >>> x = {"age": tf.constant([0.5, -1.0]), "country": tf.constant([3, 0])}
+    >>> FeatureEmbedding(feats, embedding_dim=4)(x).shape  # 1 numeric + a 4-d embedding
+    TensorShape([2, 5])
+    """
 
     def __init__(self, features, embedding_dim: int = 8, **kwargs):
         super().__init__(**kwargs)
@@ -70,7 +77,14 @@ def _mlp(units, activation, name):
 
 @keras.saving.register_keras_serializable("limaml_tf")
 class MLPMetaBlock(keras.layers.Layer):
-    """Meta features -> MLP -> meta embedding of size `output_dim`."""
+    """Meta features -> MLP -> meta embedding of size `output_dim`.
+
+    >>> import tensorflow as tf, limaml_tf as lt
+    >>> feats = (lt.Feature("age", "numeric"), lt.Feature("country", "categorical", num_bins=10))
+    >>> x = {"age": tf.constant([0.5, -1.0]), "country": tf.constant([3, 0])}
+    >>> MLPMetaBlock(feats, output_dim=8, hidden_units=(16,))(x).shape
+    TensorShape([2, 8])
+    """
 
     def __init__(self, features, output_dim: int = 8, hidden_units=(32,), embedding_dim: int = 4,
                  activation: str = "relu", **kwargs):
@@ -189,7 +203,14 @@ class _GlobalBlockBase(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable("limaml_tf")
 class MLPGlobalBlock(_GlobalBlockBase):
-    """[other features, meta embedding] -> MLP -> logit."""
+    """[other features, meta embedding] -> MLP -> logit.
+
+    >>> import tensorflow as tf, limaml_tf as lt
+    >>> feats = (lt.Feature("age", "numeric"), lt.Feature("country", "categorical", num_bins=10))
+    >>> x = {"age": tf.constant([0.5, -1.0]), "country": tf.constant([3, 0])}
+    >>> MLPGlobalBlock(feats, hidden_units=(16,))({**x, "meta_embedding": tf.zeros([2, 8])}).shape
+    TensorShape([2, 1])
+    """
 
     def __init__(self, features, hidden_units=(64, 32), embedding_dim: int = 8, activation: str = "relu",
                  dropout: float = 0.0, **kwargs):
@@ -214,7 +235,14 @@ class MLPGlobalBlock(_GlobalBlockBase):
 
 @keras.saving.register_keras_serializable("limaml_tf")
 class DCNGlobalBlock(_GlobalBlockBase):
-    """DCN-v2: [other features, meta embedding] -> keras-rs FeatureCross layers -> MLP -> logit."""
+    """DCN-v2: [other features, meta embedding] -> keras-rs FeatureCross layers -> MLP -> logit.
+
+    >>> import tensorflow as tf, limaml_tf as lt
+    >>> feats = (lt.Feature("age", "numeric"), lt.Feature("country", "categorical", num_bins=10))
+    >>> x = {"age": tf.constant([0.5, -1.0]), "country": tf.constant([3, 0])}
+    >>> DCNGlobalBlock(feats, num_cross_layers=2)({**x, "meta_embedding": tf.zeros([2, 8])}).shape
+    TensorShape([2, 1])
+    """
 
     def __init__(self, features, num_cross_layers: int = 2, projection_dim: int | None = None,
                  hidden_units=(64, 32), embedding_dim: int = 8, **kwargs):

@@ -17,16 +17,19 @@ def _bce(y, logits):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
 
 
-def reference_meta_gradients(model, bundle, steps, lr, first_order):
-    """Per-task Python loop: the MAML query loss (mean over tasks with a query sample) and its gradient."""
+def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global=False):
+    """Per-task Python loop: the MAML query loss (mean over tasks with a query sample) and its gradient.
+    With `adapt_global`, the inner loop adapts the global block's weights too (entire-network MAML)."""
     meta_vars = model.meta_block.trainable_variables
     global_vars = model.global_block.trainable_variables
     encoded = model.encode_bundle(bundle)
     dtype = model.compute_dtype
+    n_meta = len(meta_vars)
 
-    def forward(meta_params, x):
-        emb, _ = model.meta_block.stateless_call(meta_params, [], x)
-        out, _ = model.global_block.stateless_call([v.value for v in global_vars], [], {**x, "meta_embedding": emb})
+    def forward(params, x):
+        global_params = params[n_meta:] if adapt_global else [v.value for v in global_vars]
+        emb, _ = model.meta_block.stateless_call(params[:n_meta], [], x)
+        out, _ = model.global_block.stateless_call(global_params, [], {**x, "meta_embedding": emb})
         return tf.reshape(out, [-1])
 
     def real(name, t):
@@ -41,7 +44,7 @@ def reference_meta_gradients(model, bundle, steps, lr, first_order):
             if len(q_y) == 0:
                 continue
             s_x, s_y = real("support", t)
-            params = [v.value for v in meta_vars]
+            params = [v.value for v in meta_vars] + ([v.value for v in global_vars] if adapt_global else [])
             for _ in range(steps):
                 if len(s_y) == 0:
                     break
@@ -87,23 +90,39 @@ def test_vectorized_gradient_matches_per_task_loop(synthetic, steps, first_order
     assert _max_rel_err(grads, ref_grads) < 1e-4
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_entire_network_maml_matches_per_task_loop(synthetic, steps):
+    bundle, spec = _bundle(synthetic)
+    model = _model(spec, steps, first_order=False, adapt_global_block=True)
+    loss, grads, _, _ = model.compute_gradients(bundle)
+    ref_loss, ref_grads = reference_meta_gradients(model, bundle, steps, 0.7, False, adapt_global=True)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    assert _max_rel_err(grads, ref_grads) < 1e-4
+    plain = reference_meta_gradients(model, bundle, steps, 0.7, False, adapt_global=False)[1]
+    assert _max_rel_err(grads, plain) > 1e-3, "adapting the global block changed nothing"
+
+
 def _as_tensors(bundle):
     return tf.nest.map_structure(lambda a: tf.constant(a.astype(str) if a.dtype == object else a), bundle)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-def test_second_order_gradient_matches_finite_differences(synthetic, float64, steps):
+@pytest.mark.parametrize("steps,adapt_global", [(1, False), (3, False), (2, True)])
+def test_second_order_gradient_matches_finite_differences(synthetic, float64, steps, adapt_global):
+    """Central differences on entries of every block (meta and global) whose gradient is not trivially
+    zero (unused embedding rows are skipped: they would match at 0 on both sides and prove nothing)."""
     bundle, spec = _bundle(synthetic, tasks=4, cap=10)
-    model = _model(spec, steps, first_order=False, lr=1.5)
+    model = _model(spec, steps, first_order=False, lr=1.5, adapt_global_block=adapt_global)
     bundle = _as_tensors(bundle)
     objective = tf.function(lambda b: model.compute_gradients(b)[0])  # traced once, reads the variables
     _, grads, _, _ = model.compute_gradients(bundle)
     rng = np.random.default_rng(0)
     eps = 1e-6
-    checked = 0
-    for var, grad in zip(model.meta_block.trainable_variables, grads):
-        value = var.numpy()
-        for idx in [tuple(rng.integers(0, s) for s in value.shape) for _ in range(3)]:
+    checked = {"meta": 0, "global": 0}
+    meta_paths = {v.path for v in model.meta_block.trainable_variables}
+    for var, grad in zip(model.trainable_variables, grads):
+        value, grad = var.numpy(), tf.convert_to_tensor(grad).numpy()
+        live = np.argwhere(np.abs(grad) > 1e-8)
+        for idx in map(tuple, live[rng.permutation(len(live))[:2]]):
             plus, minus = value.copy(), value.copy()
             plus[idx] += eps
             minus[idx] -= eps
@@ -113,10 +132,9 @@ def test_second_order_gradient_matches_finite_differences(synthetic, float64, st
             f_minus = float(objective(bundle))
             var.assign(value)
             fd = (f_plus - f_minus) / (2 * eps)
-            analytic = float(tf.convert_to_tensor(grad).numpy()[idx])
-            assert abs(fd - analytic) <= 1e-6 + 1e-5 * abs(fd), (var.path, idx, fd, analytic)
-            checked += 1
-    assert checked >= 12
+            assert abs(fd - grad[idx]) <= 1e-6 + 1e-5 * abs(fd), (var.path, idx, fd, grad[idx])
+            checked["meta" if var.path in meta_paths else "global"] += 1
+    assert checked["meta"] >= 6 and checked["global"] >= 6, checked
 
 
 def test_first_order_misses_what_finite_differences_see(synthetic, float64):
@@ -186,3 +204,39 @@ def test_inner_loop_really_vectorizes(synthetic):
     graph = fn.get_concrete_function(encoded).graph.as_graph_def()
     ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
     assert "While" not in ops and "StatelessWhile" not in ops, "the inner loop fell back to a while loop"
+
+
+def test_aggregations_by_hand():
+    """mean / max / cosine pooling of a task's sample embeddings against values worked out by hand."""
+    from limaml_tf.maml import pool
+
+    embs = tf.constant([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0], [9.0, 9.0]])
+    mask = tf.constant([1.0, 1.0, 1.0, 0.0])  # the last sample is padding
+    latest = tf.constant([1.0, 0.0])
+    np.testing.assert_allclose(pool(embs, mask, latest, "mean"), [0.0, 2.0 / 3.0], atol=1e-6)
+    np.testing.assert_allclose(pool(embs, mask, latest, "max"), [1.0, 2.0], atol=1e-6)
+    # cos with latest: 1, 0, -1 (clipped to 0) -> weights 1, 0, 0 -> the first embedding
+    np.testing.assert_allclose(pool(embs, mask, latest, "cosine"), [1.0, 0.0], atol=1e-6)
+    # cos with [0, 1]: 0.8 and 0.6 -> (0.8 * [3, 4] + 0.6 * [4, 3]) / 1.4 = [4.8, 5.0] / 1.4
+    two = tf.constant([[3.0, 4.0], [4.0, 3.0]])
+    np.testing.assert_allclose(pool(two, tf.ones([2]), tf.constant([0.0, 1.0]), "cosine"), [4.8 / 1.4, 5.0 / 1.4],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max", "cosine", "latest"])
+def test_meta_embeddings_without_adaptation_pool_the_blocks_outputs(synthetic, aggregation):
+    """With 0 steps, Algorithm 2b pools the un-adapted meta block's embeddings of the real samples."""
+    from limaml_tf.maml import pool
+
+    bundle, spec = _bundle(synthetic, tasks=3, cap=12)
+    model = _model(spec, 1, first_order=False)
+    enc = model.encode_bundle(bundle)
+    n = bundle["support_mask"].sum(1).astype(int)
+    latest = {k: tf.gather(v, n - 1, batch_dims=1) for k, v in enc["support"].items()}
+    got = model.meta_embeddings(enc["support"], enc["support_label"], enc["support_mask"], latest, 0, 0.5,
+                                aggregation).numpy()
+    for t in range(3):
+        embs = model.embed({k: v[t, : n[t]] for k, v in enc["support"].items()})
+        last = embs[-1]
+        expected = last if aggregation == "latest" else pool(embs, tf.ones([n[t]]), last, aggregation)
+        np.testing.assert_allclose(got[t], expected, rtol=1e-5, atol=1e-6)

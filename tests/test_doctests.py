@@ -1,0 +1,14 @@
+"""The runnable examples in the public classes' docstrings (LiMAMLModel, VanillaModel, every block)."""
+
+import doctest
+
+import pytest
+
+import limaml_tf.blocks
+import limaml_tf.model
+
+
+@pytest.mark.parametrize("module", [limaml_tf.blocks, limaml_tf.model], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, result
