@@ -248,7 +248,7 @@ class LiMAMLModel(keras.Model):
         return self._vectorized(one_task, elems, training, fallback_to_while_loop)
 
     def meta_embeddings(self, support, support_label, support_mask, latest, steps: int, learning_rate,
-                        aggregation: str = "latest"):
+                        aggregation: str = "latest", task_key=None):
         """Algorithm 2b: per task, adapt the meta block on its recent samples (`support`, encoded
         [T, S, ...]) with `steps` SGD steps, then embed. Returns [T, d].
 
