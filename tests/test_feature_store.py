@@ -83,10 +83,8 @@ def test_fakeredis_round_trip(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def redis_url():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (scripts/system_deps.sh installs it as root)")
+def redis_url(require_tool):
+    exe = require_tool(shutil.which("redis-server"), "redis-server", "scripts/system_deps.sh installs it as root")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
