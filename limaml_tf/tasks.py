@@ -11,6 +11,8 @@ A *task bundle* is a dict of fixed-shape arrays for T tasks:
 
 Within a task, samples are in time order; padded slots repeat the task's last
 real sample (so every slot holds valid feature values) and carry mask 0.
+
+No Keras: the Beam pipelines and the TFRecord reader import this module.
 """
 
 from __future__ import annotations
