@@ -22,20 +22,11 @@ import pandas as pd
 
 from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, concat_sorted, read_dead_letter,
                                          read_interactions, select)
-from beam_pipelines.refresh_embeddings import (_worker_pythonpath, auto_buckets, beam_options, parse_as_of,
-                                               run_and_wait)
-from limaml_tf.export import SPEC_FILE, atomic_directory, read_extra
-from limaml_tf.features import FeatureError, FeatureSpec
+from beam_pipelines.runner import auto_buckets, beam_options, parse_as_of, run_and_wait, worker_pythonpath
+from limaml_tf.artifacts import DEAD_LETTER_DIR, SUCCESS_FILE, atomic_directory, read_spec
+from limaml_tf.spec import FeatureError, FeatureSpec
 from limaml_tf.tasks import split_tasks
 from limaml_tf.tfrecords import task_example, write_meta
-
-
-def load_spec(path: str) -> FeatureSpec:
-    """A FeatureSpec JSON file, or an exported artifact directory (assets.extra/feature_spec.json)."""
-    if os.path.isdir(path):
-        return FeatureSpec.from_json(read_extra(path, SPEC_FILE))
-    with open(path) as f:
-        return FeatureSpec.from_json(f.read())
 
 
 def parse_join(text: str) -> tuple[str, str]:
@@ -86,15 +77,15 @@ def build_training_data(input: str, spec: FeatureSpec | str, output: str, max_sa
                         num_shards: int = 4, num_buckets: int = 0, input_format: str | None = None,
                         ignore_columns=(), workers: int = 2, beam_args=()) -> dict:
     """Runs the pipeline; `output` gets tasks-*.tfrecord + tasks_meta.json (+ dead_letter/), atomically."""
-    spec = load_spec(spec) if isinstance(spec, str) else spec
+    spec = read_spec(spec) if isinstance(spec, str) else spec
     tables = [(pd.read_parquet(path), key) for path, key in map(parse_join, joins)]
     num_buckets = num_buckets or auto_buckets(input)
     start = None if start is None else parse_as_of(start)
     end = None if end is None else parse_as_of(end)
     s_len = max(int(max_samples * support_fraction), 1)
-    _worker_pythonpath()
+    worker_pythonpath()
     with atomic_directory(output) as tmp:
-        dead_dir = os.path.join(tmp, "dead_letter")
+        dead_dir = os.path.join(tmp, DEAD_LETTER_DIR)
         os.makedirs(dead_dir)
         p = beam.Pipeline(options=beam_options(list(beam_args), workers))
         rows = read_interactions(p, input, spec, input_format)
@@ -112,7 +103,7 @@ def build_training_data(input: str, spec: FeatureSpec | str, output: str, max_sa
         dead = read_dead_letter(dead_dir)
         summary = {"output": os.path.abspath(output), "support_length": s_len, "query_length": max_samples - s_len,
                    "dead_letter": len(dead), "dead_letter_reasons": dead["reason"].value_counts().to_dict()}
-        with open(os.path.join(tmp, "_SUCCESS.json"), "w") as f:
+        with open(os.path.join(tmp, SUCCESS_FILE), "w") as f:
             json.dump(summary, f, indent=1)
     return summary
 

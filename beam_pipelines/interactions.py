@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from limaml_tf.features import FeatureSpec
+from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import keep_most_recent
 
 FORMATS = ("parquet", "tfrecord")

@@ -45,11 +45,10 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     import tensorflow as tf
 
     from beam_pipelines.interactions import check_rows, list_files
-    from beam_pipelines.refresh_embeddings import adapter_metadata
-    from limaml_tf.export import adapter_inputs
-    from limaml_tf.tasks import _pad_sets, keep_most_recent, pad_task_count
+    from limaml_tf.artifacts import adapter_inputs, read_adapter
+    from limaml_tf.tasks import pad_task_count, recent_tasks
 
-    spec, _ = adapter_metadata(adapter_path)
+    spec, _ = read_adapter(adapter_path)
     adapter = tf.saved_model.load(adapter_path)
     t = {}
     start = time.perf_counter()
@@ -60,9 +59,7 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     ok = ok[(ok[spec.timestamp] >= as_of - days * 86_400) & (ok[spec.timestamp] < as_of)]
     t["check"] = time.perf_counter() - start
     start = time.perf_counter()
-    rows = keep_most_recent(ok, spec, max_samples)
-    keys = rows[spec.task_key].drop_duplicates().to_numpy()
-    tasks = _pad_sets(spec, keys, {"support": rows}, {"support": max_samples})
+    tasks = recent_tasks(ok, spec, max_samples)
     t["group+pad"] = time.perf_counter() - start
     start = time.perf_counter()
     batches = []
@@ -75,7 +72,7 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     for b in batches:
         adapter.embed_tasks(b)["meta_embedding"].numpy()
     t["adapter"] = time.perf_counter() - start
-    return len(keys), t
+    return len(tasks), t
 
 
 def main(argv=None) -> int:
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(1)  # per-core figures: one TF thread per process
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from beam_pipelines.refresh_embeddings import refresh
-    from limaml_tf.demo import build_models
+    from limaml_tf.cli.demo import build_models
     from limaml_tf.export import export_adapter
 
     work = args.workdir or tempfile.mkdtemp(prefix="refresh-bench-")

@@ -4,64 +4,34 @@ global block served by TF Serving (`export_serving`).
 The adapter holds θ_meta, θ_global, the feature encoder and the feature spec, and
 needs no limaml_tf code to run: `tf.saved_model.load(path)` and call
 
-  embed_tasks({"support_<feature>": [T, S, ...] raw, "support_label": [T, S],
+  embed_tasks({"task_key": [T] string, "support_<feature>": [T, S, ...] raw, "support_label": [T, S],
                "support_mask": [T, S], "latest_<feature>": [T, ...] raw})
       -> {"meta_embedding": [T, d]}
   cold_start({"<feature>": [B, ...] raw}) -> {"meta_embedding": [B, d]}   (un-adapted)
 
+(`limaml_tf.artifacts.adapter_inputs` packs `embed_tasks`' inputs from a task bundle.)
 `k` (steps), `α` (learning rate) and the aggregation are saved config
 (assets.extra/limaml_config.json), fixed at export time; export one adapter per setting.
+File names, readers and the models.config writer are in `limaml_tf.artifacts` (no Keras).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-SPEC_FILE = "feature_spec.json"
-CONFIG_FILE = "limaml_config.json"
+# The artifact contract lives in limaml_tf.artifacts (no Keras); re-exported here for callers of the exporter.
+from limaml_tf.artifacts import (AGGREGATIONS, COLD_START, CONFIG_FILE, EMBED_TASKS, EMBEDDING_INPUT,  # noqa: F401
+                                 EXTRA_DIR, MODELS_CONFIG, OUTPUT, SERVING_METADATA_FILE, SERVING_SIGNATURE,
+                                 SPEC_FILE, WARMUP_FILE, adapter_inputs, atomic_directory, model_versions,
+                                 read_extra, read_serving_metadata, write_extra, write_models_config)
 
-
-@contextlib.contextmanager
-def atomic_directory(path: str):
-    """Yields a temp dir beside `path`; on success it is renamed to `path` (replacing an old one),
-    on failure removed, so readers never see a half-written directory."""
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-            os.rename(path, os.path.join(old, "x"))
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_extra(export_dir: str, name: str, text: str) -> None:
-    extra = os.path.join(export_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    with open(os.path.join(extra, name), "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def read_extra(export_dir: str, name: str) -> str:
-    with open(os.path.join(export_dir, "assets.extra", name), encoding="utf-8") as f:
-        return f.read()
+load_serving_metadata = read_serving_metadata  # (FeatureSpec, metadata dict) of a serving export
 
 
 def embedding_dim(model) -> int:
@@ -71,6 +41,8 @@ def embedding_dim(model) -> int:
 def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None = None,
                    aggregation: str = "latest", model_version: str = "1", extra_config: dict | None = None) -> str:
     """Writes the adapter SavedModel for `model` (a LiMAMLModel) to `path`, atomically."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     spec = model.spec
     lr = model.inner_learning_rate if learning_rate is None else float(learning_rate)
     raw = spec.input_signature
@@ -79,13 +51,14 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
     latest_sig = {f"latest_{k}": tf.TensorSpec(s.shape, s.dtype, name=f"latest_{k}") for k, s in raw((None,)).items()}
     label_sig = tf.TensorSpec([None, None], tf.float32, name="support_label")
     mask_sig = tf.TensorSpec([None, None], tf.float32, name="support_mask")
+    key_sig = tf.TensorSpec([None], tf.string, name="task_key")
     names = [f.name for f in spec.features]
 
     def embed_tasks(inputs):
         support = model.encode_samples({n: inputs[f"support_{n}"] for n in names}, tf.shape(inputs["support_mask"]))
         latest = model.encoder({n: inputs[f"latest_{n}"] for n in names})
         emb = model.meta_embeddings(support, inputs["support_label"], inputs["support_mask"], latest, steps, lr,
-                                    aggregation)
+                                    aggregation, task_key=inputs["task_key"])
         return {"meta_embedding": tf.cast(emb, tf.float32)}
 
     def cold_start(inputs):
@@ -94,10 +67,10 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
     archive = keras.export.ExportArchive()
     for part in (model.encoder, model.meta_block, model.global_block):  # not the model: its cached
         archive.track(part)  # adapt_and_predict tf.functions (int-keyed dict) cannot be saved
-    archive.add_endpoint("embed_tasks", tf.function(embed_tasks),
-                         input_signature=[{"support_label": label_sig, "support_mask": mask_sig,
+    archive.add_endpoint(EMBED_TASKS, tf.function(embed_tasks),
+                         input_signature=[{"task_key": key_sig, "support_label": label_sig, "support_mask": mask_sig,
                                            **support_sig, **latest_sig}])
-    archive.add_endpoint("cold_start", tf.function(cold_start), input_signature=[raw((None,))])
+    archive.add_endpoint(COLD_START, tf.function(cold_start), input_signature=[raw((None,))])
     config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation,
               "embedding_dim": embedding_dim(model),
               "model_version": str(model_version), "tensorflow_version": tf.__version__, **(extra_config or {})}
@@ -109,23 +82,6 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
 
 
 # -- serving artifact (TF Serving) ---------------------------------------------------------------
-
-SERVING_METADATA_FILE = "serving_metadata.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
-MODELS_CONFIG = "models.config"
-SERVING_SIGNATURE = "serving_default"
-EMBEDDING_INPUT = "meta_embedding"
-OUTPUT = "probability"
-
-
-def model_versions(model_dir: str) -> list[int]:
-    """Integer version subdirectories of `model_dir`, ascending (what TF Serving considers; temp dirs
-    written by `atomic_directory` start with "." and are never listed)."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(model_dir)
-                  if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
-
 
 def serving_signature(spec, dim: int) -> dict[str, tf.TensorSpec]:
     """The named, typed inputs of `serving_default`: every raw feature of the spec (dense; multi-valued
@@ -158,6 +114,17 @@ def _data_range(spec, train_df) -> dict | None:
             "tasks": int(train_df[spec.task_key].nunique())}
 
 
+def _default_warmup_inputs(spec, train_df, dim: int, cold_start: list[float]) -> dict:
+    """Warm-up rows: the first training rows (or an all-missing row) with the cold-start embedding."""
+    source = spec.raw_arrays(train_df.iloc[:8]) if train_df is not None and len(train_df) else \
+        {k: v.numpy() for k, v in spec.dummy_inputs(1).items()}
+    inputs = dict(source)
+    if dim:
+        n = len(next(iter(source.values())))
+        inputs[EMBEDDING_INPUT] = np.tile(np.asarray(cold_start, np.float32), (n, 1))
+    return inputs
+
+
 def warmup_records(spec, inputs: dict, model_name: str, batch_sizes=(1, 8)) -> list[bytes]:
     """Serialized PredictionLog records (one PredictRequest per batch size) cut from `inputs`, a dict
     of numpy arrays in the signature's format; TF Serving replays them when it loads the version."""
@@ -176,31 +143,6 @@ def warmup_records(spec, inputs: dict, model_name: str, batch_sizes=(1, 8)) -> l
         log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
         records.append(log.SerializeToString())
     return records
-
-
-def write_models_config(base_dir: str, model_name: str, serving_root: str = "/models") -> str:
-    """Adds (or keeps) `model_name` in `<base_dir>/models.config`, the model_config_list that
-    `tensorflow_model_server --model_config_file` reads; base paths point at `serving_root`, where the
-    container mounts `base_dir`. Written atomically."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    path = os.path.join(base_dir, MODELS_CONFIG)
-    config = model_server_config_pb2.ModelServerConfig()
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), config)
-    entries = config.model_config_list.config
-    entry = next((c for c in entries if c.name == model_name), None) or entries.add()
-    entry.name = model_name
-    entry.base_path = f"{serving_root.rstrip('/')}/{model_name}"
-    entry.model_platform = "tensorflow"
-    entry.model_version_policy.latest.num_versions = 1
-    fd, tmp = tempfile.mkstemp(prefix=f".{MODELS_CONFIG}.tmp-", dir=base_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
-    return path
 
 
 def export_serving(model, base_dir: str = "saved_models", model_name: str = "limaml", version: int | None = None,
@@ -246,39 +188,13 @@ def export_serving(model, base_dir: str = "saved_models", model_name: str = "lim
                 "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
                 "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra_metadata or {})}
     if warmup_inputs is None:
-        source = spec.raw_arrays(train_df.iloc[:8]) if train_df is not None and len(train_df) else \
-            {k: v.numpy() for k, v in spec.dummy_inputs(1).items()}
-        warmup_inputs = dict(source)
-        if dim:
-            n = len(next(iter(source.values())))
-            warmup_inputs[EMBEDDING_INPUT] = np.tile(np.asarray(cold_start, np.float32), (n, 1))
+        warmup_inputs = _default_warmup_inputs(spec, train_df, dim, cold_start)
     with atomic_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
         write_extra(tmp, SPEC_FILE, spec.to_json())
         write_extra(tmp, SERVING_METADATA_FILE, json.dumps(metadata, indent=1))
-        with tf.io.TFRecordWriter(os.path.join(tmp, "assets.extra", WARMUP_FILE)) as writer:
+        with tf.io.TFRecordWriter(os.path.join(tmp, EXTRA_DIR, WARMUP_FILE)) as writer:
             for record in warmup_records(spec, warmup_inputs, model_name):
                 writer.write(record)
     write_models_config(base_dir, model_name, serving_root)
     return path
-
-
-def load_serving_metadata(export_dir: str):
-    """(FeatureSpec, metadata dict) of a serving export."""
-    from limaml_tf.features import FeatureSpec
-
-    return (FeatureSpec.from_json(read_extra(export_dir, SPEC_FILE)),
-            json.loads(read_extra(export_dir, SERVING_METADATA_FILE)))
-
-
-def adapter_inputs(bundle: dict) -> dict[str, np.ndarray]:
-    """`embed_tasks` inputs from the support set of a task bundle (`limaml_tf.tasks`): each task's recent
-    samples, labels and mask, and its latest real sample."""
-    mask = np.asarray(bundle["support_mask"], np.float32)
-    last = np.maximum(mask.sum(1).astype(int) - 1, 0)
-    rows = np.arange(len(mask))
-    out = {"support_label": np.asarray(bundle["support_label"], np.float32), "support_mask": mask}
-    for name, value in bundle["support"].items():
-        out[f"support_{name}"] = value
-        out[f"latest_{name}"] = value[rows, last]
-    return out

@@ -19,11 +19,11 @@ import urllib.parse
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
+from limaml_tf.artifacts import (COLD_START_KEY, EMBEDDINGS_DIR, atomic_write_text, read_embeddings,  # noqa: F401
+                                 read_run_summary)
 from limaml_tf.feature_repo.embeddings import ENTITY_KEY, FEATURE_VIEW, definitions
 
-COLD_START_KEY = "__cold_start__"
 STATE_FILE = "embedding_store.json"
 WRITE_CHUNK = 20_000
 
@@ -82,14 +82,9 @@ class EmbeddingStore:
     def publish(self, run_dir: str) -> int:
         """Writes a committed refresh run (runs/<as_of>/ with _SUCCESS.json) to the online store and
         points the feature view's offline source at it. Returns the number of rows written."""
-        success = os.path.join(run_dir, "_SUCCESS.json")
-        if not os.path.exists(success):
-            raise FileNotFoundError(f"{run_dir!r} is not a committed refresh run (no _SUCCESS.json): "
-                                    "publish only what the refresh pipeline committed")
-        with open(success) as f:
-            summary = json.load(f)
-        source = os.path.join(run_dir, "embeddings")
-        rows = pq.read_table(source, columns=["task_key", "embedding", "model_version", "computed_at"]).to_pandas()
+        summary = read_run_summary(run_dir)
+        source = os.path.join(run_dir, EMBEDDINGS_DIR)
+        rows = read_embeddings(run_dir, columns=["task_key", "embedding", "model_version", "computed_at"])
         dims = rows["embedding"].map(len).unique()
         if len(dims) != 1:
             raise ValueError(f"{run_dir!r} holds embeddings of sizes {sorted(dims)}: one run must have one size")
@@ -100,10 +95,7 @@ class EmbeddingStore:
             self.feast.write_to_online_store(FEATURE_VIEW, chunk)
         state = {"embedding_dim": int(dims[0]), "model_version": summary["model_version"],
                  "as_of": summary["as_of"], "run_dir": os.path.abspath(run_dir), "rows": len(rows)}
-        tmp = os.path.join(self.root, f".{STATE_FILE}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(tmp, os.path.join(self.root, STATE_FILE))
+        atomic_write_text(os.path.join(self.root, STATE_FILE), json.dumps(state, indent=1))
         return len(rows)
 
     # -- read -------------------------------------------------------------------

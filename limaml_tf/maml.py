@@ -22,9 +22,9 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
+from limaml_tf.artifacts import AGGREGATIONS  # noqa: F401  (re-exported; the adapter config names one)
 from limaml_tf.blocks import TaskParameterizedMetaBlock
 
-AGGREGATIONS = ("latest", "mean", "max", "cosine")
 # A block may draw up to this many random tensors in one forward pass: Keras' SeedGenerator adds 1 to
 # the second seed component per draw, and consecutive passes of a task are this far apart.
 DRAWS_PER_PASS = 1 << 10

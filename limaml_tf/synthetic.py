@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from limaml_tf.features import Feature, FeatureSpec
+from limaml_tf.spec import Feature, FeatureSpec
 
 DAY = 86_400.0
 

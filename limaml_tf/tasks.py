@@ -11,6 +11,8 @@ A *task bundle* is a dict of fixed-shape arrays for T tasks:
 
 Within a task, samples are in time order; padded slots repeat the task's last
 real sample (so every slot holds valid feature values) and carry mask 0.
+
+No Keras: the Beam pipelines and the TFRecord reader import this module.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from limaml_tf.features import FeatureError, FeatureSpec
+from limaml_tf.spec import FeatureError, FeatureSpec
 
 SETS = ("support", "query")
 
@@ -152,6 +154,15 @@ def _pad_sets(spec: FeatureSpec, keys: np.ndarray, sets: dict[str, pd.DataFrame]
         arrays[f"{name}_mask"] = mask
         arrays[f"{name}_time"] = gather(df["_t"].to_numpy(np.float64), 0.0)
     return TaskSet(spec, arrays)
+
+
+def recent_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int) -> TaskSet:
+    """Tasks for adaptation (Algorithm 2b): per task, its most recent `max_samples_per_task` samples in
+    time order as the support set (no query set); tasks sorted by key. Rows are used as given (check
+    them first: `FeatureSpec.validate` or the pipelines' row checks)."""
+    df = keep_most_recent(df, spec, max_samples_per_task)
+    keys = df[spec.task_key].drop_duplicates().to_numpy()
+    return _pad_sets(spec, keys, {"support": df}, {"support": max_samples_per_task})
 
 
 def split_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int = 100,

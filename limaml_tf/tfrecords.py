@@ -8,7 +8,8 @@ Written by the data pipeline (`beam_pipelines/build_training_data.py`) and by
   <set>_label, <set>_mask, <set>_time   float [L]      (set = support | query, L its slots)
   <set>/<feature>                   float or bytes [L * values per sample]
 
-A `tasks_meta.json` beside the files records the spec and the slot counts.
+A `tasks_meta.json` beside the files records the spec and the slot counts. No Keras: the data
+pipeline's Beam workers import this module.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from limaml_tf.features import FeatureSpec
+from limaml_tf.artifacts import atomic_write_text
+from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import SETS, TaskSet, pad_task_count
 
 META_FILE = "tasks_meta.json"
@@ -46,10 +48,8 @@ def task_example(spec: FeatureSpec, task: dict) -> bytes:
 
 
 def write_meta(directory: str, spec: FeatureSpec, support_length: int, query_length: int) -> None:
-    tmp = os.path.join(directory, f".{META_FILE}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"spec": spec.to_dict(), "support_length": support_length, "query_length": query_length}, f)
-    os.replace(tmp, os.path.join(directory, META_FILE))
+    meta = {"spec": spec.to_dict(), "support_length": support_length, "query_length": query_length}
+    atomic_write_text(os.path.join(directory, META_FILE), json.dumps(meta))
 
 
 def read_meta(directory: str) -> tuple[FeatureSpec, int, int]:

@@ -7,8 +7,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # real-Redis Fe
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } \
-      || echo "system_deps: could not install ${need[*]} (tests that need them will skip)" >&2
+      || echo "system_deps: could not install ${need[*]} (tests that need them will skip; with CI set they fail)" >&2
   else
-    echo "system_deps: missing ${need[*]} (not root: tests that need them will skip)" >&2
+    echo "system_deps: missing ${need[*]} (not root: tests that need them will skip; with CI set they fail)" >&2
   fi
 fi

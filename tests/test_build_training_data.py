@@ -53,3 +53,46 @@ def test_pipeline_output_equals_split_tasks(tmp_path):
     batch = next(iter(task_dataset(str(out), tasks_per_batch=8, shuffle=False)))
     assert batch["support_mask"].shape == (8, s_len)
     assert pd.Series(keys).is_unique
+
+
+def _tasks_by_key(out, spec):
+    """Every task Example in `out` as {task key: parsed arrays (support/query label, mask, time)}."""
+    got_spec, s_len, q_len = read_meta(str(out))
+    files = sorted(str(p) for p in out.glob("*.tfrecord"))
+    parsed = parse_fn(got_spec, s_len, q_len)(next(iter(tf.data.TFRecordDataset(files).batch(10_000))))
+    keys = [k.decode() for k in parsed["task_key"].numpy()]
+    return {k: {f"{s}_{part}": parsed[f"{s}_{part}"].numpy()[i] for s in SETS for part in ("label", "mask", "time")}
+            for i, k in enumerate(keys)}
+
+
+def test_start_end_window_leaks_no_sample(tmp_path):
+    """--start / --end keep exactly [start, end): nothing before start, nothing at or after end, and the
+    "most recent N" cut is made inside the window (not on the whole log, then filtered)."""
+    df, spec = make_synthetic(num_tasks=20, mean_samples_per_task=30, days=40, seed=9)
+    t = df["timestamp"]
+    start, end = float(round(t.quantile(0.3))), float(round(t.quantile(0.6)))  # whole seconds: exact in ISO
+    df.loc[df.index[::11], "timestamp"] = start  # rows exactly on the bounds: start is in, end is out
+    df.loc[df.index[5::11], "timestamp"] = end
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    df.to_parquet(logs / "part-0.parquet")
+    window = df[(df["timestamp"] >= start) & (df["timestamp"] < end)]
+    assert len(window) < len(df) and (df["timestamp"] >= end).any() and (df["timestamp"] < start).any()
+
+    out = tmp_path / "tasks"
+    build_training_data(str(logs), spec, str(out), max_samples=6, min_samples=2, num_buckets=2, num_shards=1,
+                        start=pd.Timestamp(start, unit="s", tz="UTC").isoformat(), end=str(end), workers=1)
+    got = _tasks_by_key(out, spec)
+    want = split_tasks(window, spec, max_samples_per_task=6, min_samples_per_task=2)
+    assert sorted(got) == sorted(want.task_keys)
+    for i, key in enumerate(want.task_keys):
+        for name in ("support_mask", "query_mask", "support_label", "query_label"):
+            np.testing.assert_array_equal(got[key][name], want.arrays[name][i], err_msg=f"{key} {name}")
+        for s in SETS:
+            real = got[key][f"{s}_time"][got[key][f"{s}_mask"] > 0]
+            np.testing.assert_allclose(real, want.arrays[f"{s}_time"][i][want.arrays[f"{s}_mask"][i] > 0], rtol=1e-6)
+    # the comparison has teeth: the whole log would give other samples for the same tasks
+    everything = split_tasks(df, spec, max_samples_per_task=6, min_samples_per_task=2)
+    differs = [k for i, k in enumerate(everything.task_keys) if k in got and not np.allclose(
+        everything.arrays["support_time"][i], got[k]["support_time"], rtol=1e-6)]
+    assert differs

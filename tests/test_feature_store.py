@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from limaml_tf.artifacts import embeddings_table
 from limaml_tf.feature_store import COLD_START_KEY, EmbeddingStore, online_store_config
 
 AS_OF = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
@@ -20,8 +21,6 @@ AS_OF = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
 
 def make_run(path, keys, emb, version="3", as_of=AS_OF):
     """A committed refresh run directory, as beam_pipelines.refresh_embeddings writes it."""
-    from beam_pipelines.refresh_embeddings import embeddings_table
-
     os.makedirs(os.path.join(path, "embeddings"))
     pq.write_table(embeddings_table(keys, emb, version, as_of, "adapted"),
                    os.path.join(path, "embeddings", "part-b00000.parquet"))
@@ -84,10 +83,8 @@ def test_fakeredis_round_trip(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def redis_url():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (scripts/system_deps.sh installs it as root)")
+def redis_url(require_tool):
+    exe = require_tool(shutil.which("redis-server"), "redis-server", "scripts/system_deps.sh installs it as root")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

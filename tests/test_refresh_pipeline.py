@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 
 from beam_pipelines import refresh_embeddings as rx
+from beam_pipelines import refresh_stages
 from beam_pipelines.interactions import write_interactions_tfrecord
-from limaml_tf.demo import build_models
+from limaml_tf.cli.demo import build_models
 from limaml_tf.export import CONFIG_FILE, export_adapter
 from limaml_tf.feature_store import COLD_START_KEY, EmbeddingStore
 from limaml_tf.synthetic import DAY, make_synthetic
@@ -160,7 +161,7 @@ def test_failed_run_leaves_previous_run_and_store(setup, monkeypatch):
     def boom(self, element):
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(rx.EmbedTail, "process", boom)
+    monkeypatch.setattr(refresh_stages.WriteBucket, "process", boom)
     with pytest.raises(Exception, match="worker died"):
         rx.refresh(str(setup["root"] / "parquet"), output=os.path.dirname(os.path.dirname(s["run_dir"])),
                    workers=1, **setup["kw"])

@@ -158,8 +158,8 @@ def test_fresh_process_matches_keras(exported, tmp_path):
                   ).max() > 1e-4
 
 
-@pytest.mark.skipif(load_check.compiler() is None, reason="no C++ compiler (g++/clang++): scripts/system_deps.sh")
-def test_cpp_loader_runs_the_export(exported, request):
+def test_cpp_loader_runs_the_export(exported, request, require_tool):
+    require_tool(load_check.compiler(), "a C++ compiler (g++ / clang++, or $CXX)", "scripts/system_deps.sh")
     model, spec, df, _, path, _ = exported
     # cache the binary between runs (keyed by the source and the TF version); CI builds it once
     key = f"{tf.__version__}-{hashlib.sha256(open(load_check.SOURCE, 'rb').read()).hexdigest()[:16]}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import numpy as np
 import pytest
@@ -154,13 +156,16 @@ def test_serve_subcommand_is_registered():
 
 
 def test_demo_serves_one_user_through_grpc(tmp_path, capsys, tiny):
-    from limaml_tf.serving.demo import serve_one_user
+    from limaml_tf.cli.demo import export_models, serve_one_user
     from limaml_tf.tasks import time_split
 
     model, spec, df = tiny
     train_df, valid_df, test_df = time_split(df, spec)
-    out = serve_one_user(str(tmp_path), model, spec, train_df, valid_df, test_df)
+    saved_models = str(tmp_path / "saved_models")
+    serving_path, adapter_path = export_models(model, saved_models, "limaml", train_df)
+    assert (serving_path, adapter_path) == (os.path.join(saved_models, "limaml", "1"),
+                                            os.path.join(saved_models, "limaml_adapter", "1"))
+    out = serve_one_user(saved_models, serving_path, model, spec, valid_df, test_df, adapter_path=adapter_path)
     assert out["found"] and out["probability"] == pytest.approx(out["keras_probability"], abs=1e-6)
     assert abs(out["probability"] - out["cold_start_probability"]) > 1e-5  # the store's embedding mattered
-    assert out["serving_path"] == str(tmp_path / "saved_models" / "limaml" / "1")
     assert "gRPC Predict -> probability" in capsys.readouterr().out

@@ -59,10 +59,30 @@ def test_time_split_and_paired_tasks_respect_time(synthetic):
     s, q = _times(ev, "support"), _times(ev, "query")
     both = ~np.isnan(s).all(1)
     assert (np.nanmax(s[both], 1) < np.nanmin(q[both], 1)).all()
-    # a test-period task with no validation samples gets an empty support set (cold start)
+
+
+def test_paired_tasks_cold_start_task_gets_an_empty_support_set(synthetic):
+    """A test-period task with no validation samples is scored un-adapted: empty support, full query."""
+    df, spec = synthetic
+    _, valid, test = lt.time_split(df, spec, (0.6, 0.8))
+    cold_users = sorted(set(test[spec.task_key]))[:3]
+    valid = valid[~valid[spec.task_key].isin(cold_users)]  # these users have no validation samples
+    ev = lt.paired_tasks(valid, test, spec, max_support=8, max_query=8)
     cold = set(test[spec.task_key]) - set(valid[spec.task_key])
-    for key in cold:
-        assert ev.arrays["support_mask"][list(ev.task_keys).index(key)].sum() == 0
+    assert cold == set(cold_users)
+    keys = list(ev.task_keys)
+    for key in cold_users:
+        i = keys.index(key)
+        a = ev.arrays
+        assert a["support_mask"][i].sum() == 0 and (a["support_label"][i] == 0).all()
+        assert (a["support_time"][i] == 0).all()
+        assert all((v[i] == "").all() if v.dtype == object else (v[i] == 0).all() for v in a["support"].values())
+        n_test = int((test[spec.task_key] == key).sum())
+        assert a["query_mask"][i].sum() == min(n_test, 8) > 0
+        want = np.sort(test.loc[test[spec.task_key] == key, spec.timestamp].to_numpy())[:8]
+        np.testing.assert_array_equal(a["query_time"][i][a["query_mask"][i] > 0], want)
+    warm = [keys.index(k) for k in keys if k not in cold]
+    assert (ev.arrays["support_mask"][warm].sum(1) > 0).all()  # every other task has a support set
 
 
 def test_dataset_pads_the_last_batch(synthetic):

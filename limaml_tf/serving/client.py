@@ -7,6 +7,7 @@ The embedding store is anything with
 
 (the Feast-backed store in `limaml_tf.feature_store`, or `InMemoryEmbeddingStore`). A key the store
 has no row for gets the cold-start embedding shipped with the model (serving metadata).
+No Keras and no model code: the client reads the export's spec and metadata (`limaml_tf.artifacts`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from limaml_tf.export import EMBEDDING_INPUT, OUTPUT, SERVING_SIGNATURE, load_serving_metadata
-from limaml_tf.features import FeatureError, FeatureSpec, multi_values_to_array
+from limaml_tf.artifacts import EMBEDDING_INPUT, OUTPUT, SERVING_SIGNATURE, read_serving_metadata
+from limaml_tf.spec import FeatureError, FeatureSpec, multi_values_to_array
 
 
 class ServingError(FeatureError):
@@ -134,7 +135,7 @@ class ServingClient:
     @classmethod
     def from_export(cls, export_dir: str, target: str, lookup: EmbeddingLookup, **kwargs) -> "ServingClient":
         """Client configured from a serving export's assets.extra (spec, embedding size, cold start)."""
-        spec, meta = load_serving_metadata(export_dir)
+        spec, meta = read_serving_metadata(export_dir)
         kwargs.setdefault("model_name", meta["model_name"])
         return cls(target, spec, meta["embedding_dim"], meta["cold_start_embedding"], lookup, **kwargs)
 

@@ -1,4 +1,5 @@
-"""Local PredictionService: a development / test stand-in for TF Serving (`limaml serve`).
+"""Local PredictionService: a development / test stand-in for TF Serving (`limaml serve`,
+whose command is in `limaml_tf.cli.serve`).
 
 Speaks TF Serving's gRPC API (`tensorflow.serving.PredictionService`: Predict, GetModelMetadata) with
 its routing (model name -> `<base_dir>/<name>/<version>/`, latest integer version unless the request
@@ -18,12 +19,10 @@ import threading
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
-from tensorflow_serving.config import model_server_config_pb2
 
-from limaml_tf.export import MODELS_CONFIG, SERVING_SIGNATURE, model_versions
+from limaml_tf.artifacts import SERVING_SIGNATURE, model_versions, read_models_config
 
 
 class RequestError(Exception):
@@ -66,11 +65,8 @@ class ModelRepository:
         self._lock = threading.Lock()
 
     def _model_dirs(self) -> dict[str, str]:
-        config_path = os.path.join(self.base_dir, MODELS_CONFIG)
-        if os.path.exists(config_path):
-            config = model_server_config_pb2.ModelServerConfig()
-            with open(config_path, encoding="utf-8") as f:
-                text_format.Parse(f.read(), config)
+        config = read_models_config(self.base_dir)
+        if config is not None:
             return {c.name: c.base_path if os.path.isdir(c.base_path) else os.path.join(self.base_dir, c.name)
                     for c in config.model_config_list.config}
         return {d: os.path.join(self.base_dir, d) for d in sorted(os.listdir(self.base_dir))
@@ -215,23 +211,3 @@ def start_server(base_dir: str | ModelRepository, port: int = 8500, host: str = 
         raise OSError(f"could not bind {host}:{port}: choose another --port")
     server.start()
     return server, bound
-
-
-def add_parser(sub):
-    p = sub.add_parser("serve", help="local TF Serving stand-in (gRPC PredictionService) for saved_models/")
-    p.add_argument("--saved-models", default="saved_models", help="directory with <name>/<version>/ exports")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8500)
-    p.set_defaults(func=_serve_command)
-
-
-def _serve_command(args) -> int:
-    repository = ModelRepository(args.saved_models)
-    server, port = start_server(repository, args.port, args.host)
-    names = sorted(repository.model_dirs)
-    print(f"[serve] PredictionService on {args.host}:{port} serving {names} from {args.saved_models} (Ctrl-C stops)")
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        server.stop(grace=2).wait()
-    return 0

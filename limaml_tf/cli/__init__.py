@@ -1,16 +1,21 @@
-"""`limaml` command line. Each subcommand lives in its own module with `add_parser(subparsers)`."""
+"""`limaml` command line. Each command lives in its own module with `add_parser(subparsers)`.
+
+The commands are applications of the library: they may import `limaml_tf` and `beam_pipelines`;
+no library module imports them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # module path -> registers one or more subcommands
 COMMAND_MODULES = [
-    "limaml_tf.demo",
-    "limaml_tf.serving.server",
-    "limaml_tf.refresh",
+    "limaml_tf.cli.demo",
+    "limaml_tf.cli.serve",
+    "limaml_tf.cli.refresh",
     "limaml_tf.reproduce",
 ]
 
@@ -24,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the application's choice (before TensorFlow loads)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

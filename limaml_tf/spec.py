@@ -1,0 +1,210 @@
+"""The one declarative feature spec (no Keras: Beam workers and the serving client import it).
+
+The spec is the single description of the data: training, the refresh pipeline
+and serving all read it (it is saved as JSON beside every exported artifact, see
+`limaml_tf.artifacts`). Raw values are floats (numeric), strings (categorical) and
+lists of strings padded with "" (multi-valued); `limaml_tf.features.FeatureEncoder`
+turns them into model-ready tensors inside the TensorFlow graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+KINDS = ("numeric", "categorical", "multi_valued")
+MULTI_VALUE_SEPARATOR = "|"
+
+
+class FeatureError(ValueError):
+    """Bad input data: the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: Literal["numeric", "categorical", "multi_valued"]
+    num_bins: int = 0  # categorical / multi_valued: hash buckets (ignored with a vocabulary)
+    vocabulary: tuple[str, ...] | None = None  # categorical: known values; others -> id 0
+    max_len: int = 0  # multi_valued: values kept per sample
+    mean: float = 0.0  # numeric: standardization stats (set by FeatureSpec.fit)
+    std: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise FeatureError(f"feature {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind != "numeric" and not self.vocabulary and self.num_bins < 1:
+            raise FeatureError(f"feature {self.name!r}: set num_bins >= 1 or a vocabulary")
+        if self.kind == "multi_valued" and self.max_len < 1:
+            raise FeatureError(f"feature {self.name!r}: multi_valued needs max_len >= 1")
+        if self.vocabulary is not None:
+            object.__setattr__(self, "vocabulary", tuple(str(v) for v in self.vocabulary))
+
+    @property
+    def cardinality(self) -> int:
+        """Number of ids the encoder can emit (including 0)."""
+        if self.kind == "numeric":
+            return 0
+        return 1 + (len(self.vocabulary) if self.vocabulary else self.num_bins)
+
+    @property
+    def raw_dtype(self) -> tf.DType:
+        return tf.float32 if self.kind == "numeric" else tf.string
+
+    def raw_shape(self) -> tuple:
+        return (self.max_len,) if self.kind == "multi_valued" else ()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["vocabulary"] = list(self.vocabulary) if self.vocabulary is not None else None
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    task_key: str
+    timestamp: str
+    label: str
+    meta_features: tuple[Feature, ...]
+    other_features: tuple[Feature, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "meta_features", tuple(self.meta_features))
+        object.__setattr__(self, "other_features", tuple(self.other_features))
+        names = [f.name for f in self.features]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise FeatureError(f"feature names appear twice in the spec: {sorted(dup)}")
+        reserved = {self.task_key, self.timestamp, self.label, "meta_embedding"}
+        clash = reserved.intersection(names)
+        if clash:
+            raise FeatureError(f"features {sorted(clash)} clash with task_key/timestamp/label/meta_embedding")
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return self.meta_features + self.other_features
+
+    @property
+    def meta_feature_names(self) -> list[str]:
+        return [f.name for f in self.meta_features]
+
+    @property
+    def other_feature_names(self) -> list[str]:
+        return [f.name for f in self.other_features]
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise FeatureError(f"no feature named {name!r} in the spec; known: {[f.name for f in self.features]}")
+
+    # -- serialization ---------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "task_key": self.task_key,
+            "timestamp": self.timestamp,
+            "label": self.label,
+            "meta_features": [f.to_dict() for f in self.meta_features],
+            "other_features": [f.to_dict() for f in self.other_features],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        def feats(items):
+            return tuple(Feature(**{**f, "vocabulary": tuple(f["vocabulary"]) if f.get("vocabulary") else None})
+                         for f in items)
+        return cls(d["task_key"], d["timestamp"], d["label"], feats(d["meta_features"]), feats(d["other_features"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        return cls.from_dict(json.loads(text))
+
+    # -- data --------------------------------------------------------------
+    def fit(self, df: pd.DataFrame) -> "FeatureSpec":
+        """Returns a copy with numeric standardization stats computed on `df` (training data)."""
+        self.validate(df)
+
+        def fitted(f: Feature) -> Feature:
+            if f.kind != "numeric":
+                return f
+            col = df[f.name].astype("float64")
+            std = float(col.std()) if len(col) > 1 else 1.0
+            return dataclasses.replace(f, mean=float(col.mean()), std=std if std > 1e-12 else 1.0)
+
+        return dataclasses.replace(self, meta_features=tuple(map(fitted, self.meta_features)),
+                                   other_features=tuple(map(fitted, self.other_features)))
+
+    def validate(self, df: pd.DataFrame, require_label: bool = True) -> None:
+        """Raises FeatureError naming the column and the fix for anything the pipeline cannot use."""
+        required = [self.task_key, self.timestamp] + ([self.label] if require_label else [])
+        required += [f.name for f in self.features]
+        missing = [c for c in required if c not in df.columns]
+        if missing:
+            raise FeatureError(f"missing column(s) {missing}: add them to the data or remove them from the spec")
+        if df[self.task_key].isna().any():
+            raise FeatureError(f"column {self.task_key!r} (task key) has missing values: drop those rows")
+        if not (pd.api.types.is_numeric_dtype(df[self.timestamp]) or pd.api.types.is_datetime64_any_dtype(df[self.timestamp])):
+            raise FeatureError(f"column {self.timestamp!r} (timestamp) must be numeric seconds or datetime, "
+                               f"got {df[self.timestamp].dtype}")
+        if require_label:
+            label = df[self.label]
+            if not pd.api.types.is_numeric_dtype(label) and not pd.api.types.is_bool_dtype(label):
+                raise FeatureError(f"column {self.label!r} (label) must be 0/1, got dtype {label.dtype}")
+            if label.isna().any():
+                raise FeatureError(f"column {self.label!r} (label) has NaN in {int(label.isna().sum())} rows: "
+                                   "drop or fill them")
+            bad = ~label.isin([0, 1])
+            if bad.any():
+                raise FeatureError(f"column {self.label!r} (label) must be 0 or 1; found {label[bad].iloc[0]!r}")
+        for f in self.features:
+            if f.kind == "numeric":
+                col = df[f.name]
+                if not pd.api.types.is_numeric_dtype(col):
+                    raise FeatureError(f"numeric feature {f.name!r} has dtype {col.dtype}: convert it to float")
+                if not np.isfinite(col.to_numpy(dtype="float64")).all():
+                    raise FeatureError(f"numeric feature {f.name!r} has NaN/inf values: fill or drop them")
+
+    def raw_arrays(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Raw feature columns as numpy arrays in the encoder's input format."""
+        out = {}
+        for f in self.features:
+            col = df[f.name]
+            if f.kind == "numeric":
+                out[f.name] = col.to_numpy(dtype=np.float32)
+            elif f.kind == "categorical":
+                out[f.name] = col.astype(str).to_numpy(dtype=object)
+            else:
+                out[f.name] = multi_values_to_array(col, f.max_len)
+        return out
+
+    def input_signature(self, batch_dims: tuple = (None,)) -> dict[str, tf.TensorSpec]:
+        return {f.name: tf.TensorSpec(batch_dims + f.raw_shape(), f.raw_dtype, name=f.name) for f in self.features}
+
+    def dummy_inputs(self, batch: int = 2) -> dict[str, tf.Tensor]:
+        return {f.name: tf.zeros((batch,) + f.raw_shape(), f.raw_dtype) for f in self.features}
+
+
+def multi_values_to_array(col: pd.Series, max_len: int) -> np.ndarray:
+    """Lists (or "a|b|c" strings) -> [n, max_len] object array of strings, padded with ""."""
+    values = col.to_numpy()
+    try:  # repeated values (e.g. an item's tags on every interaction with it) are parsed once
+        codes, values = pd.factorize(values, use_na_sentinel=False)
+    except TypeError:  # lists are unhashable
+        codes = None
+    out = np.full((len(values), max_len), "", dtype=object)
+    for i, v in enumerate(values):
+        if isinstance(v, str):
+            v = [s for s in v.split(MULTI_VALUE_SEPARATOR) if s]
+        elif v is None or (isinstance(v, float) and np.isnan(v)):
+            v = []
+        v = [str(s) for s in v][:max_len]
+        out[i, : len(v)] = v
+    return out if codes is None else out[codes]
