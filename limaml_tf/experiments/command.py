@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shlex
 
 from limaml_tf.experiments.protocols import PROTOCOLS
 
@@ -75,8 +75,28 @@ def add_parser(sub):
     _add_protocol_args(p)
     _add_model_args(p)
     _add_paper_args(p)
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, reproduce_parser=p)
     return p
+
+
+def command_line(a) -> str:
+    """The command that reproduces `a`: `limaml reproduce` with every option that differs from its default."""
+    parser = a.reproduce_parser
+    defaults = vars(parser.parse_args([]))
+    parts = ["limaml", "reproduce"]
+    for action in parser._actions:
+        value = getattr(a, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == defaults.get(action.dest):
+            continue
+        flag = action.option_strings[0]
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag] + [shlex.quote(str(v)) for v in value] if action.nargs else \
+                [x for v in value for x in (flag, shlex.quote(str(v)))]
+        elif value is not None and value is not False:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def _given(pairs: dict) -> dict:
@@ -127,7 +147,7 @@ def _merge(a, command) -> int:
 
 
 def main(a) -> int:
-    command = "limaml " + " ".join(sys.argv[1:])
+    command = command_line(a)
     if a.merge:
         return _merge(a, command)
     default = ("models", *PAPER_TABLES) if a.protocol == "time" else ("models",)
