@@ -152,29 +152,69 @@ def interactions(ratings: pd.DataFrame, users: pd.DataFrame, movies: pd.DataFram
     df = df.sort_values(["_num", "user_id", "timestamp", "movie_id"], kind="stable").drop(columns="_num")
     df = df.reset_index(drop=True)
     df["label"] = (df["rating"] >= 4).astype(np.int64)
-    genre_names = list(GENRES[1:]) if "unknown" in GENRES else list(GENRES)
-    onehot = np.stack([df["genres"].str.split("|").apply(lambda gs, g=g: g in gs).to_numpy() for g in genre_names],
-                      1).astype(np.float64)
-    pos = df["label"].to_numpy(np.float64)
-    past = _strictly_earlier(df, np.column_stack([np.ones(len(df)), pos, df["rating"].to_numpy(np.float64),
-                                                  onehot * pos[:, None]]))
-    count, n_pos, rating_sum, genre_pos = past[:, 0], past[:, 1], past[:, 2], past[:, 3:]
+    onehot = _genre_onehot(df)
+    past = _strictly_earlier(df, _history_terms(df, onehot))
     first_time = df.groupby("user_id", sort=False)["timestamp"].transform("min").to_numpy()
-    share = genre_pos / np.maximum(n_pos, 1.0)[:, None]
-    df["hist_count"] = np.log1p(count).astype(np.float32)
-    df["hist_pos_rate"] = ((n_pos + 1.0) / (count + 2.0)).astype(np.float32)  # Laplace-smoothed
-    df["hist_mean_rating"] = ((rating_sum + 3.0 * 2) / (count + 2.0)).astype(np.float32)
-    df["hist_days"] = np.log1p((df["timestamp"].to_numpy() - first_time) / DAY).astype(np.float32)
-    for j, g in enumerate(genre_names):
-        df[f"hist_genre_{_slug(g)}"] = share[:, j].astype(np.float32)
-    # affinity of the user's past likes for this movie's genres (user x item, hence an "other" feature)
-    df["genre_affinity"] = ((share * onehot).sum(1) / np.maximum(onehot.sum(1), 1.0)).astype(np.float32)
+    _set_history(df, past, first_time, onehot)
     when = pd.to_datetime(df["timestamp"], unit="s", utc=True)
     df["day_of_week"] = when.dt.dayofweek.astype(str)
     df["hour"] = when.dt.hour.astype(np.float32)
     df["zip_prefix"] = df["zip"].astype(str).str[:2]
     df["age"] = df["age"].astype(str)
     df["release_year"] = df["release_year"].fillna(df["release_year"].median()).fillna(1990.0).astype(np.float32)
+    return df
+
+
+GENRE_NAMES = tuple(g for g in GENRES if g != "unknown")
+
+
+def _genre_onehot(df: pd.DataFrame) -> np.ndarray:
+    dummies = df["genres"].astype(str).str.get_dummies("|")
+    return dummies.reindex(columns=list(GENRE_NAMES), fill_value=0).to_numpy(np.float64)
+
+
+def _history_terms(df: pd.DataFrame, onehot: np.ndarray) -> np.ndarray:
+    """Per row, what it adds to a later row's history: [1, label, rating, genre one-hot * label]."""
+    pos = df["label"].to_numpy(np.float64)
+    return np.column_stack([np.ones(len(df)), pos, df["rating"].to_numpy(np.float64), onehot * pos[:, None]])
+
+
+def _set_history(df: pd.DataFrame, past: np.ndarray, first_time: np.ndarray, onehot: np.ndarray) -> None:
+    """Writes the history features (and `genre_affinity`) of every row from its summed history terms."""
+    count, n_pos, rating_sum, genre_pos = past[:, 0], past[:, 1], past[:, 2], past[:, 3:]
+    share = genre_pos / np.maximum(n_pos, 1.0)[:, None]
+    df["hist_count"] = np.log1p(count).astype(np.float32)
+    df["hist_pos_rate"] = ((n_pos + 1.0) / (count + 2.0)).astype(np.float32)  # Laplace-smoothed
+    df["hist_mean_rating"] = ((rating_sum + 3.0 * 2) / (count + 2.0)).astype(np.float32)
+    days = np.maximum(df["timestamp"].to_numpy() - first_time, 0) / DAY
+    df["hist_days"] = np.log1p(days).astype(np.float32)
+    for j, g in enumerate(GENRE_NAMES):
+        df[f"hist_genre_{_slug(g)}"] = share[:, j].astype(np.float32)
+    # affinity of the user's past likes for this movie's genres (user x item, hence an "other" feature)
+    df["genre_affinity"] = ((share * onehot).sum(1) / np.maximum(onehot.sum(1), 1.0)).astype(np.float32)
+
+
+def support_history(df: pd.DataFrame, is_support) -> pd.DataFrame:
+    """`df` (rows of `interactions`, sorted by (user, time)) with its history features recomputed
+    from each user's **support** rows only, as the per-user protocols need: a support row sees the
+    support rows strictly earlier than itself; a query row sees all of its user's support rows (what
+    is known when the query is scored) and never another query row's label. `hist_days` counts from
+    the user's first support rating (0 when the user has none or the row is earlier)."""
+    is_support = np.asarray(is_support, dtype=bool)
+    if len(is_support) != len(df):
+        raise ValueError(f"is_support has {len(is_support)} entries for {len(df)} rows")
+    df = df.reset_index(drop=True).copy()
+    order = df.assign(_num=pd.to_numeric(df["user_id"], errors="coerce"))
+    if not order.sort_values(["_num", "user_id", "timestamp"], kind="stable").index.equals(df.index):
+        raise ValueError("support_history: rows must be sorted by (user, timestamp), as `interactions` returns them")
+    onehot = _genre_onehot(df)
+    terms = _history_terms(df, onehot) * is_support[:, None]
+    totals = pd.DataFrame(terms).groupby(df["user_id"].to_numpy(), sort=False).transform("sum").to_numpy()
+    past = np.where(is_support[:, None], _strictly_earlier(df, terms), totals)
+    support_time = pd.Series(np.where(is_support, df["timestamp"].to_numpy(np.float64), np.inf))
+    first = support_time.groupby(df["user_id"].to_numpy(), sort=False).transform("min").to_numpy()
+    first = np.where(np.isfinite(first), first, df["timestamp"].to_numpy(np.float64))
+    _set_history(df, past, first, onehot)
     return df
 
 

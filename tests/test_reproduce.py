@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from limaml_tf.model import AGGREGATIONS
-from limaml_tf.reproduce import SLICES, TABLE3, TABLE4, Config, merge, render_report, reproduce
+from limaml_tf.experiments.paper_report import render_report
+from limaml_tf.experiments.paper_tables import SLICES, TABLE3, TABLE4, Config, merge, reproduce
 from movielens_fixtures import write_ml100k
 
 
@@ -73,3 +74,10 @@ def test_tiny_end_to_end_run_and_merge(tmp_path):
     (tmp_path / "x" / "results.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="settings or data differ"):
         merge([str(tmp_path / "s0"), str(tmp_path / "x")], str(tmp_path / "bad"), "m")
+
+
+def test_old_import_path_still_works():
+    import limaml_tf.reproduce as shim
+    from limaml_tf.experiments import paper_tables
+
+    assert shim.reproduce is paper_tables.reproduce and shim.Config is Config and callable(shim.add_parser)

@@ -1,0 +1,153 @@
+"""The model factory of the experiments: `build(kind, spec, cfg, **options)`.
+
+Kinds (same features, same global block everywhere; DESIGN.md §1):
+
+* ``vanilla`` — MLP meta block + global block trained by plain gradient descent (`VanillaModel`);
+* ``wd_id`` — wide & deep with a learned per-user ID embedding: `IDEmbeddingMetaBlock` in a
+  `VanillaModel` (unknown users get the shared `base` row);
+* ``maml`` — entire-network MAML (MeLU-style: every weight adapted per user);
+* ``limaml`` — LiMAML, MLP meta block (demographics + history features);
+* ``limaml_id`` — LiMAML with the ID-embedding meta block.
+
+`options` are keyword overrides: ``dropout`` (every hidden layer of both blocks), ``learning_rate``
+(β), ``meta_dim`` / ``meta_hidden`` / ``global_hidden`` (sizes); anything else goes to the model's
+constructor (``inner_learning_rate``, ``inner_steps``, ``support_dropout``, ``first_order``, or an
+option a newer `LiMAMLModel` adds), so a new variant needs no change to the runner: a `Variant`
+names a kind and its options.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+
+import keras
+
+from limaml_tf.blocks import IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock
+from limaml_tf.model import LiMAMLModel, VanillaModel
+from limaml_tf.movielens import mlp_meta_features
+
+KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
+BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate")
+
+
+@keras.saving.register_keras_serializable("limaml_tf_experiments")
+class DropoutMLPMetaBlock(MLPMetaBlock):
+    """`MLPMetaBlock` with dropout after every hidden layer (Table 10's "dropout on every layer")."""
+
+    def __init__(self, features, dropout: float = 0.0, **kwargs):
+        super().__init__(features, **kwargs)
+        self.dropout = float(dropout)
+        self.drop = keras.layers.Dropout(self.dropout)
+
+    def call(self, inputs, training=False):
+        x = self.inputs_layer(inputs)
+        for layer in self.hidden:
+            x = self.drop(layer(x), training=training)
+        return self.out(x)
+
+    def get_config(self):
+        return {**super().get_config(), "dropout": self.dropout}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A model of the comparison: `name` (report rows `name` and `name+FT`), its kind and options."""
+
+    name: str
+    kind: str
+    options: tuple = ()  # ((key, value), ...): hashable keyword overrides for `build`
+    baseline: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"variant {self.name!r}: unknown kind {self.kind!r}; choose one of {KINDS}")
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.options)
+
+    @property
+    def meta_learned(self) -> bool:
+        return self.kind in ("maml", "limaml", "limaml_id")
+
+
+DEFAULT_VARIANTS = (
+    Variant("vanilla", "vanilla", baseline=True),
+    Variant("W&D-ID", "wd_id", baseline=True),
+    Variant("MAML", "maml", baseline=True),
+    Variant("LiMAML", "limaml"),
+    Variant("LiMAML-ID", "limaml_id"),
+)
+TARGET = "LiMAML+FT"  # the row the paired test compares with the best baseline
+
+
+def parse_variant(text: str) -> Variant:
+    """"NAME=KIND[:key=value,...]" (values are Python literals, else strings), e.g.
+    "LiMAML-mixed=limaml:mixed_loss_weight=0.5"; a trailing "!" on NAME marks a baseline."""
+    name, _, rest = text.partition("=")
+    kind, _, opts = rest.partition(":")
+    if not name or not kind:
+        raise ValueError(f"--variant {text!r}: expected NAME=KIND[:key=value,...]")
+    options = []
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--variant {text!r}: option {item!r} is not key=value")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        options.append((key.strip(), value))
+    baseline = name.endswith("!")
+    return Variant(name.rstrip("!"), kind.strip(), tuple(options), baseline)
+
+
+def variants_for(names, extra=()) -> list[Variant]:
+    known = {v.name: v for v in DEFAULT_VARIANTS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; built in: {sorted(known)} (add others with --variant)")
+    return [known[n] for n in names] + list(extra)
+
+
+def _check_model_options(cls, options: dict):
+    accepted = set(inspect.signature(LiMAMLModel.__init__).parameters) - {"self", "kwargs", "meta_block",
+                                                                        "global_block", "spec"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option(s) {unknown} (it accepts {sorted(accepted)} plus "
+                         f"{list(BLOCK_OPTIONS)} handled by the factory)")
+
+
+def build(kind: str, spec, cfg, **options):
+    """A compiled model of `kind` (see module docstring); `cfg` gives the defaults (sizes, α, n, β)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
+    get = lambda key: options.pop(key, getattr(cfg, key))  # noqa: E731
+    dropout = float(options.pop("dropout", 0.0))
+    meta_dim, meta_hidden, global_hidden, beta = (get(k) for k in ("meta_dim", "meta_hidden", "global_hidden",
+                                                                    "learning_rate"))
+    if kind in ("wd_id", "limaml_id"):
+        meta = IDEmbeddingMetaBlock(spec.feature("user_id"), output_dim=meta_dim)
+    elif dropout:
+        meta = DropoutMLPMetaBlock(mlp_meta_features(spec), dropout=dropout, output_dim=meta_dim,
+                                   hidden_units=meta_hidden)
+    else:
+        meta = MLPMetaBlock(mlp_meta_features(spec), output_dim=meta_dim, hidden_units=meta_hidden)
+    # The global block also reads the (non-ID) meta features: every model sees the same information.
+    glob = MLPGlobalBlock(spec.other_features + mlp_meta_features(spec), hidden_units=global_hidden,
+                          dropout=dropout)
+    alpha = options.pop("inner_learning_rate", cfg.inner_learning_rate)
+    common = dict(eval_steps=options.pop("eval_steps", getattr(cfg, "eval_steps", 1)), eval_learning_rate=alpha)
+    cls = VanillaModel if kind in ("vanilla", "wd_id") else LiMAMLModel
+    _check_model_options(cls, options)
+    if cls is VanillaModel:
+        model = VanillaModel(meta, glob, spec, name=kind, **common, **options)
+    else:
+        defaults = {"inner_steps": cfg.inner_steps, "support_dropout": getattr(cfg, "support_dropout", 0.0)}
+        model = LiMAMLModel(meta, glob, spec, **{**defaults, **options}, inner_learning_rate=alpha,
+                            adapt_global_block=kind == "maml", name=kind, **common)
+    model.compile(optimizer=keras.optimizers.Adam(beta, global_clipnorm=1.0))
+    return model

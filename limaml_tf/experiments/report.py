@@ -1,0 +1,188 @@
+"""The report of a protocol run: report.md, results.json and plots, written atomically.
+
+Per setting (support size K, or the protocol's single setting): the table of every model row ×
+metric (mean ± std over seeds), the paired test of LiMAML+FT against the best baseline, the
+settings chosen on validation users and how; AUC vs K as a plot; the exact commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from limaml_tf.experiments import metrics as M
+from limaml_tf.experiments.markdown import fmt, pvalue, savefig, table
+from limaml_tf.experiments.models import TARGET
+from limaml_tf.experiments.stats import paired_over_seeds, per_user_tests
+
+PROTOCOL_TEXT = {
+    "time": "Global time split (paper §6): train / validation / test periods by timestamp quantiles "
+            "{quantiles}. Training tasks: the training period's users, 75/25 support/query by time. Test users: "
+            "support = their validation-period ratings, query = their test-period ratings (users without "
+            "validation-period ratings are scored un-adapted). Validation (for choosing settings): support = "
+            "the user's most recent training-period ratings, query = its validation-period ratings.",
+    "few-shot": "Users split at random by seed into train / validation / test users {user_fractions}. Every "
+                "user's ratings sorted by time. Validation and test users: support = their first K ratings, "
+                "query = the next ≤ {max_query} ratings strictly later than the last support rating; the users "
+                "scored are the same at every K (those with a query at the largest K). Training "
+                "users: the paper's chronological 75/25 support/query tasks (most recent {max_train_samples} "
+                "ratings kept).",
+    "user-cold": "As MeLU / RecBole-MetaRec on MovieLens: users with {user_cold_ratings[0]}–{user_cold_ratings[1]} "
+                 "ratings, split at random by seed into train / validation / test users {user_fractions}; per user "
+                 "(training users too) query = {user_cold_query} random ratings, support = the rest.",
+}
+FEATURES_TEXT = ("Labels: rating ≥ 4. Every model reads the same features (demographics, history features, movie, "
+                 "genres, context); vocabularies and numeric statistics come from the training users only, and the "
+                 "ID blocks' vocabulary is the training users, so validation and test users are unseen. In the "
+                 "per-user protocols each task's history features are recomputed from its support ratings only: "
+                 "a query rating never sees another query rating's label.")
+
+
+def _rows(runs):
+    return runs[0]["rows"]
+
+
+def _settings(runs):
+    return list(runs[0]["test"])
+
+
+def _metric_table(runs, setting) -> str:
+    header = ["model"] + [M.METRIC_NAMES[m] for m in M.METRICS] + ["validation AUC (chosen)"]
+    rows = []
+    for row in _rows(runs):
+        cells = [row] + [fmt(M.stats([r["test"][setting][row][m] for r in runs])) for m in M.METRICS]
+        cells.append(fmt(M.stats([r["chosen"][setting][row]["val_auc"] for r in runs])))
+        rows.append(cells)
+    return table(header, rows)
+
+
+def _paired_table(runs, setting) -> list[str]:
+    if TARGET not in _rows(runs) or not runs[0]["best_baseline"].get(setting):
+        return [f"No paired test: the run has no {TARGET} row or no baseline."]
+    rows = []
+    for m in M.METRICS:
+        res = paired_over_seeds(runs, setting, m, TARGET)
+        rows.append([M.METRIC_NAMES[m], fmt((res["mean"], res["std"]), sign=True), pvalue(res["p"]), res["n"]])
+    bases = ", ".join(f"seed {r['seed']}: {r['best_baseline'][setting]}" for r in runs)
+    wilcoxon = ", ".join(f"seed {r['seed']}: {pvalue(p)}" for r, p in zip(runs, per_user_tests(runs, setting, TARGET)))
+    return [f"{TARGET} minus the best baseline of each seed (best by validation AUC: {bases}).", "",
+            table(["metric", "mean difference ± std", "t-test p (H0: 0)", "seeds"], rows), "",
+            f"Per-user paired test on the test users (Wilcoxon signed-rank, per-user AUC, {TARGET} vs that "
+            f"baseline): {wilcoxon}.", ""]
+
+
+def _chosen_table(runs, setting) -> str:
+    rows = []
+    for row in _rows(runs):
+        cells = [row]
+        for r in runs:
+            c = r["chosen"][setting][row]
+            ft = "no fine-tune" if not c["steps"] else f"{c['steps']} step(s), lr {c['lr']:g}"
+            cells.append(f"epoch {c['epoch']}, {ft} ({c['val_auc']:.4f})")
+        rows.append(cells)
+    return table(["row"] + [f"seed {r['seed']}: chosen (validation AUC)" for r in runs], rows)
+
+
+def _how_text(runs, cfg) -> str:
+    n = sum(len(r["candidates"]) for r in runs)
+    from limaml_tf.experiments.tuning import snapshot_epochs
+
+    return (f"How: every model is trained {cfg.epochs} epochs (β = {cfg.learning_rate:g}, {cfg.tasks_per_batch} "
+            f"users per batch; meta-learned models: n = {cfg.inner_steps}, α = {cfg.inner_learning_rate:g}); the "
+            f"weights after epochs {snapshot_epochs(cfg.epochs, cfg.tune_every)} are candidates. A row without "
+            f"fine-tuning picks its epoch; a \"+FT\" row picks epoch × fine-tune steps {list(cfg.ft_steps)} × "
+            f"learning rate {list(cfg.ft_learning_rates)} (meta-learned models also their own (n, α)), each "
+            "model its own. The pick is the highest pooled AUC on the validation users (ties: fewer epochs, "
+            f"steps, smaller rate). {n} candidates were scored over all seeds; every one is in results.json "
+            "(`runs[].candidates`). The test users are scored once per seed with the chosen settings.")
+
+
+def render_report(runs: list[dict], cfg, commands: list[str], plots: list[str]) -> str:
+    from limaml_tf.experiments.sensitivity import render as render_sensitivity
+
+    params = dataclasses.asdict(cfg)
+    out = [f"# LiMAML on MovieLens ({cfg.dataset}): {cfg.protocol} protocol", "", "Produced by:", "", "```",
+           *commands, "```", "", "**Protocol.** " + PROTOCOL_TEXT[cfg.protocol].format(**params), "",
+           FEATURES_TEXT, "", "**Metrics** (test users):", "", M.__doc__.split("\n\n", 1)[1].strip(), "",
+           f"Seeds: {[r['seed'] for r in runs]}; mean ± std (ddof = 1) over seeds. The seed drives the user "
+           "split (per-user protocols), initialisation and task shuffling.", "",
+           "## Data (per seed)", "", _split_table(runs), ""]
+    for setting in _settings(runs):
+        out += [f"## Test users, {setting}", "", _metric_table(runs, setting), "",
+                f"### Paired test, {setting}", "", *_paired_table(runs, setting),
+                f"### Settings chosen on the validation users, {setting}", "", _chosen_table(runs, setting), ""]
+    out += ["## How the settings were chosen", "", _how_text(runs, cfg), ""]
+    out += render_sensitivity(runs, cfg)
+    out += ["## Training time", "", table(["model", "s / epoch"], [[m, fmt(M.stats([r["seconds"][m] for r in runs]),
+                                                                             " s", 1)] for m in runs[0]["seconds"]]),
+            "", "## Plots", "", *[f"![{os.path.splitext(p)[0]}]({p})" for p in plots], "",
+            "Settings: " + ", ".join(f"{k} = {v}" for k, v in params.items() if k not in ("data_path", "seeds")), ""]
+    return "\n".join(out)
+
+
+def _split_table(runs) -> str:
+    keys = list(runs[0]["split"])
+    return table(["seed"] + keys, [[r["seed"]] + [r["split"].get(k, "") for k in keys] for r in runs])
+
+
+def plot(runs: list[dict], outdir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    settings = _settings(runs)
+    ks = [int(s.split("=")[1]) for s in settings if s.startswith("K=")]
+    if len(ks) == len(settings) and len(ks) > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, metric in zip(axes, ("auc", "user_auc")):
+            for row in _rows(runs):
+                s = [M.stats([r["test"][f"K={k}"][row][metric] for r in runs]) for k in ks]
+                ax.errorbar(ks, [x[0] for x in s], yerr=[x[1] for x in s], marker="o", capsize=2, label=row,
+                            ls="-" if row.endswith("+FT") else ":")
+            ax.set_xlabel("support size K (ratings)")
+            ax.set_ylabel(f"test {M.METRIC_NAMES[metric]}")
+            ax.set_xticks(ks)
+        axes[0].legend(fontsize=7, ncol=2)
+        fig.suptitle("Test AUC vs support size K (mean ± std over seeds)")
+        fig.tight_layout()
+        names.append("auc_vs_k.png")
+        savefig(fig, os.path.join(outdir, names[-1]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m in runs[0]["curves"]:
+        curves = np.array([r["curves"][m] for r in runs])
+        ax.plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=m)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (query loss for meta learning)")
+    ax.set_title("Learning curves (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    names.append("learning_curves.png")
+    savefig(fig, os.path.join(outdir, names[-1]))
+    plt.close("all")
+    return names
+
+
+def write_report(runs: list[dict], cfg, outdir: str, commands: list[str]) -> str:
+    """report.md + results.json + plots in `outdir`, replaced atomically."""
+    from limaml_tf.export import atomic_directory
+
+    with atomic_directory(outdir) as tmp:
+        plots = plot(runs, tmp)
+        report = render_report(runs, cfg, commands, plots)
+        with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as f:
+            f.write(report)
+        with open(os.path.join(tmp, "results.json"), "w") as f:
+            json.dump({"protocol": cfg.protocol, "config": dataclasses.asdict(cfg), "commands": commands,
+                       "runs": runs}, f, indent=1, default=_json_default)
+    return report
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

@@ -1,0 +1,162 @@
+"""Runs one protocol over seeds: per seed, train every model on the training users, choose its
+settings on the validation users, score the test users once with them; then the report.
+
+    from limaml_tf.experiments import Config, run
+    run(Config.quick(protocol="few-shot", data_path="../shared/data/ml-100k"), "runs/few-shot")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+
+import keras
+import pandas as pd
+
+from limaml_tf.experiments.models import TARGET, build, parse_variant, variants_for
+from limaml_tf.experiments.protocols import PROTOCOLS, make_split
+from limaml_tf.experiments.stats import best_baseline
+from limaml_tf.experiments.tuning import choose, fine_tune_grid, fit, score_test, tune
+
+
+@dataclasses.dataclass
+class Config:
+    protocol: str = "few-shot"
+    dataset: str = "ml-100k"
+    data_path: str | None = None
+    seeds: tuple = (0, 1, 2, 3, 4)
+    # splits
+    support_sizes: tuple = (5, 10, 20)      # few-shot: K, the support ratings of a validation/test user
+    user_fractions: tuple = (0.8, 0.1, 0.1)  # train / validation / test users
+    max_train_samples: int = 100            # cap per training user (most recent kept)
+    max_query: int = 100                    # few-shot: query = the next <= max_query ratings
+    user_cold_ratings: tuple = (13, 100)    # user-cold: users with this many ratings (inclusive)
+    user_cold_query: int = 10               # user-cold: random query ratings per user
+    quantiles: tuple = (0.7, 0.85)          # time: global timestamp quantiles
+    time_max_support: int = 128
+    time_max_query: int = 256
+    # training (the same for every model)
+    epochs: int = 10                        # budget; the epoch is chosen on validation per model
+    tune_every: int = 1                     # snapshot (candidate) every this many epochs
+    tasks_per_batch: int = 32
+    eval_tasks_per_batch: int = 64
+    learning_rate: float = 2e-3             # β (Adam)
+    inner_learning_rate: float = 0.5        # α, task learning rate of the meta-learned models
+    inner_steps: int = 1                    # n
+    support_dropout: float = 0.0
+    eval_steps: int = 1
+    meta_dim: int = 8
+    meta_hidden: tuple = (32,)
+    global_hidden: tuple = (64, 32)
+    # fine-tuning grid at evaluation (every model's "+FT" row picks its own on validation)
+    ft_steps: tuple = (1, 3, 5)
+    ft_learning_rates: tuple = (0.01, 0.05, 0.2, 0.5, 1.0)
+    models: tuple = ("vanilla", "W&D-ID", "MAML", "LiMAML", "LiMAML-ID")
+    variants: tuple = ()                    # extra "NAME=KIND[:key=value,...]" (see models.parse_variant)
+    # the paper's sensitivity tables on validation users (10: dropout, 12: α, 13: β)
+    sensitivity: tuple = ()
+    dropouts: tuple = (0.0, 0.1, 0.2, 0.4, 0.6)
+    task_learning_rates: tuple = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+    global_learning_rates: tuple = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
+        if bad := set(self.sensitivity) - {"10", "12", "13"}:
+            raise ValueError(f"unknown sensitivity table(s) {sorted(bad)}; choose from 10, 12, 13")
+
+    @classmethod
+    def quick(cls, **overrides) -> "Config":
+        """Small settings: few-shot finishes in minutes on 2 cores (one seed)."""
+        return cls(**{"seeds": (0,), "epochs": 4, "max_train_samples": 64, "ft_steps": (1, 3),
+                      "ft_learning_rates": (0.05, 0.5), "dropouts": (0.0, 0.2, 0.6),
+                      "task_learning_rates": (0.05, 0.5, 5.0), "global_learning_rates": (1e-3, 2e-3, 5e-3),
+                      **overrides})
+
+    @property
+    def variant_list(self):
+        return variants_for(self.models, [parse_variant(v) for v in self.variants])
+
+
+def load_frame(cfg: Config) -> pd.DataFrame:
+    from limaml_tf.movielens import load_tasks_frame
+
+    return load_tasks_frame(cfg.dataset, cfg.data_path)
+
+
+def _train_and_tune(variant, split, cfg: Config, seed: int, verbose: int, log):
+    keras.utils.set_random_seed(seed)
+    model = build(variant.kind, split.spec, cfg, **variant.kwargs)
+    log(f"[seed {seed}] training {variant.name} ({cfg.epochs} epochs)")
+    snaps, curve = fit(model, split.train, cfg, seed, verbose)
+    log(f"[seed {seed}]   {variant.name}: {snaps.seconds_per_epoch():.1f}s/epoch, final loss {curve[-1]:.4f}")
+    grid = fine_tune_grid(variant, cfg, model)
+    records = tune(model, snaps, split.validation, grid, cfg, log)
+    chosen = choose(records)
+    test = score_test(model, snaps, chosen, split.test, cfg, list(grid))
+    return records, chosen, test, snaps.seconds_per_epoch(), curve
+
+
+def run_seed(cfg: Config, frame: pd.DataFrame, seed: int, verbose: int = 0, log=print) -> dict:
+    """Everything for one seed: split summary, every validation candidate, the chosen settings,
+    test metrics (with per-user AUC), the best baseline per setting, times and learning curves."""
+    split = make_split(cfg.protocol, frame, seed, cfg)
+    log(f"[seed {seed}] split: " + json.dumps(split.summary))
+    run = {"seed": seed, "split": split.summary, "candidates": [], "chosen": {s: {} for s in split.settings},
+           "test": {s: {} for s in split.settings}, "seconds": {}, "curves": {}, "rows": [], "baseline_rows": []}
+    for variant in cfg.variant_list:
+        records, chosen, test, seconds, curve = _train_and_tune(variant, split, cfg, seed, verbose, log)
+        run["candidates"] += records
+        for setting in split.settings:
+            run["chosen"][setting].update(chosen[setting])
+            run["test"][setting].update(test[setting])
+        rows = [variant.name, f"{variant.name}+FT"]
+        run["rows"] += rows
+        run["baseline_rows"] += rows if variant.baseline else []
+        run["seconds"][variant.name], run["curves"][variant.name] = seconds, curve
+        gc.collect()
+    run["best_baseline"] = {s: best_baseline(run["chosen"][s], run["baseline_rows"]) for s in split.settings}
+    for setting in split.settings if run["rows"] else ():
+        scores = ", ".join(f"{r} {run['test'][setting][r]['auc']:.4f}" for r in run["rows"])
+        log(f"[seed {seed}] {setting} test AUC: {scores}")
+    if cfg.sensitivity:
+        from limaml_tf.experiments.sensitivity import run_sensitivity
+
+        run["sensitivity"] = run_sensitivity(cfg, split, seed, run, verbose, log)
+    return run
+
+
+def run(cfg: Config, outdir: str, command: str = "limaml reproduce", verbose: int = 0,
+        frame: pd.DataFrame | None = None, log=print) -> dict:
+    """All seeds of `cfg.protocol`; writes report.md, results.json and plots to `outdir`."""
+    from limaml_tf.experiments.report import write_report
+
+    frame = load_frame(cfg) if frame is None else frame
+    runs = [run_seed(cfg, frame, seed, verbose, log) for seed in cfg.seeds]
+    report = write_report(runs, cfg, outdir, [command])
+    log(f"[report] {os.path.join(outdir, 'report.md')}")
+    return {"runs": runs, "report": report, "target": TARGET}
+
+
+def merge(result_dirs: list[str], outdir: str, command: str) -> str:
+    """One report from runs of the same protocol and settings made separately (e.g. one per seed)."""
+    from limaml_tf.experiments.report import write_report
+
+    loaded = []
+    for d in result_dirs:
+        with open(os.path.join(d, "results.json")) as f:
+            loaded.append(json.load(f))
+    strip = lambda c: {k: v for k, v in c.items() if k != "seeds"}  # noqa: E731
+    for other, d in zip(loaded[1:], result_dirs[1:]):
+        if strip(other["config"]) != strip(loaded[0]["config"]):
+            raise ValueError(f"{d}: its settings differ from {result_dirs[0]}; only runs with the same "
+                             "settings can be merged")
+    runs = sorted((r for x in loaded for r in x["runs"]), key=lambda r: r["seed"])
+    if len({r["seed"] for r in runs}) != len(runs):
+        raise ValueError(f"seeds {[r['seed'] for r in runs]}: a seed appears in several runs")
+    config = {**loaded[0]["config"], "seeds": [r["seed"] for r in runs]}
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    commands = [c for x in loaded for c in x.get("commands", [])] + [command]
+    return write_report(runs, cfg, outdir, commands)
