@@ -151,7 +151,8 @@ def score_with_meta_embeddings(model, data: Data, aggregation: str, steps: int, 
 
         last = {k: latest(enc["support"][k], enc["query"][k]) for k in enc["support"]}
         emb = model.meta_embeddings(enc["support"], enc["support_label"], enc["support_mask"], last,
-                                    steps, cfg.inner_learning_rate, aggregation)
+                                    steps, cfg.inner_learning_rate, aggregation,
+                                    task_key=bundle["task_key"])
         mask = bundle["query_mask"] > 0
         t_, q_ = mask.shape
         flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in enc["query"].items()}
