@@ -25,7 +25,7 @@ _EXPORTS = {
     "FeatureSpec": "limaml_tf.spec",
     "FeatureEncoder": "limaml_tf.features",
     "LiMAMLModel": "limaml_tf.model",
-    "VanillaModel": "limaml_tf.model",
+    "VanillaModel": "limaml_tf.vanilla",
     "make_synthetic": "limaml_tf.synthetic",
     "TaskSet": "limaml_tf.tasks",
     "paired_tasks": "limaml_tf.tasks",

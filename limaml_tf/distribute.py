@@ -82,3 +82,13 @@ def multi_worker_logs(logs: dict) -> dict:
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         return {k: v[None] for k, v in logs.items()}
     return logs
+
+
+def add_gradients(a, b):
+    """Sum of two gradients of one variable; `tf.IndexedSlices` stay sparse (their rows are concatenated)."""
+    if a is None or b is None:
+        return b if a is None else a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0),
+                                a.dense_shape)
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)

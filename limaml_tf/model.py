@@ -1,10 +1,10 @@
-"""`LiMAMLModel` and `VanillaModel`: thin Keras models over the algorithm in `limaml_tf.maml`.
+"""`LiMAMLModel`: a thin Keras model over the algorithm in `limaml_tf.maml`.
 
 `train_step` on a task bundle (see `limaml_tf.tasks`): the tasks' support sets adapt the meta
 block (inner loop, vectorized over tasks; second order unless `first_order=True`), their query
 losses under the adapted weights are differentiated w.r.t. both blocks, and the compiled optimizer
-applies the update (Algorithm 2a). `VanillaModel` is the same network trained by plain gradient
-descent on every real sample of the same task batches. Both adapt a task at evaluation time
+applies the update (Algorithm 2a). `limaml_tf.vanilla.VanillaModel` is the same network trained
+by plain gradient descent on every real sample of the same task batches. Both adapt a task at evaluation time
 (`test_step`, `predict_step` on bundles, `adapt_and_predict`) with `eval_steps` SGD steps on its
 support set; `eval_steps=0` scores the un-adapted model.
 
@@ -40,16 +40,6 @@ def _check_no_batchnorm(block, role: str):
                 f"the {role} contains BatchNormalization layer {layer.name!r}: its batch statistics would mix "
                 "the tasks of a batch during per-task adaptation. Use keras.layers.LayerNormalization "
                 "(per-sample statistics) instead.")
-
-
-def _add_gradients(a, b):
-    """Sum of two gradients of one variable; `tf.IndexedSlices` stay sparse (their rows are concatenated)."""
-    if a is None or b is None:
-        return b if a is None else a
-    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
-        return tf.IndexedSlices(tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0),
-                                a.dense_shape)
-    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
 def _sample_loss(loss):
@@ -284,7 +274,7 @@ class LiMAMLModel(keras.Model):
                 if i == 0 and self.losses:  # regularization, once per step (a 1/R share per replica)
                     loss += tf.cast(tf.add_n(self.losses), loss.dtype) / distribute.num_replicas()
                 scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
-            grads = [_add_gradients(g, c) for g, c in zip(grads, tape.gradient(scaled, variables))]
+            grads = [distribute.add_gradients(g, c) for g, c in zip(grads, tape.gradient(scaled, variables))]
             total += loss
             logits.append(q_logits)
         grads = [tf.zeros_like(v) if g is None else distribute.merge_duplicate_rows(g) for g, v in zip(grads, variables)]
@@ -375,40 +365,3 @@ def _rate(name, value) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return value
-
-
-@keras.saving.register_keras_serializable("limaml_tf")
-class VanillaModel(LiMAMLModel):
-    """The same blocks trained by plain gradient descent on every real sample of the task batch
-    (support and query); the meta embedding is the un-adapted meta block's output. Evaluation
-    adapts per task only if `eval_steps` > 0 (the "vanilla + fine-tune" baseline).
-
-    >>> import keras, limaml_tf as lt
-    >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
-    >>> spec = spec.fit(df)
-    >>> model = lt.VanillaModel(lt.MLPMetaBlock(spec.meta_features), lt.MLPGlobalBlock(spec.other_features),
-    ...                         spec, eval_steps=2, eval_learning_rate=0.1)  # vanilla + fine-tune
-    >>> model.compile(optimizer="adam")
-    >>> _ = model.fit(lt.split_tasks(df, spec).dataset(tasks_per_batch=8), epochs=1, verbose=0)
-    """
-
-    def __init__(self, meta_block, global_block, spec, eval_steps: int = 0, **kwargs):
-        super().__init__(meta_block, global_block, spec, eval_steps=eval_steps, **kwargs)
-
-    def normalizer(self, encoded):
-        """Real samples (support and query) in the global batch."""
-        count = sum(tf.reduce_sum(encoded[f"{n}_mask"]) for n in SETS)
-        return tf.maximum(distribute.sum_over_replicas(count), 1.0)
-
-    def objective(self, chunk, normalizer, training=True):
-        """Every real sample through the un-adapted network: (summed loss / normalizer, query logits)."""
-        total, logits = 0.0, None
-        for name in SETS:
-            mask = chunk[f"{name}_mask"]
-            flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in chunk[name].items()}
-            out = self.global_logits(flat, self.embed(flat, training), training)
-            per_sample = self.network.sample_loss(tf.cast(tf.reshape(chunk[f"{name}_label"], [-1]), tf.float32),
-                                                  tf.cast(out, tf.float32))
-            total += tf.reduce_sum(per_sample * tf.cast(tf.reshape(mask, [-1]), tf.float32))
-            logits = tf.reshape(out, tf.shape(mask))
-        return tf.cast(total, self.variable_dtype) / tf.cast(normalizer, self.variable_dtype), logits

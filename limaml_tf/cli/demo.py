@@ -23,7 +23,8 @@ def build_models(spec, inner_learning_rate: float = 0.5, learning_rate: float = 
     rate for 32 tasks scaled to `tasks_per_batch`, global-norm clip 1.0, 5 % warm-up then cosine decay
     over `total_steps`)."""
     from limaml_tf.blocks import MLPGlobalBlock, MLPMetaBlock
-    from limaml_tf.model import LiMAMLModel, VanillaModel
+    from limaml_tf.model import LiMAMLModel
+    from limaml_tf.vanilla import VanillaModel
     from limaml_tf.training import make_optimizer
 
     def blocks():

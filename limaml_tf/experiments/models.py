@@ -25,8 +25,9 @@ import inspect
 import keras
 
 from limaml_tf.blocks import IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock
-from limaml_tf.model import LiMAMLModel, VanillaModel
+from limaml_tf.model import LiMAMLModel
 from limaml_tf.movielens import mlp_meta_features
+from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
 BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate")
