@@ -39,7 +39,7 @@ def _model_and_batch(num_ids: int, optimizer: str):
                            lt.MLPGlobalBlock(spec.other_features), spec, inner_learning_rate=0.5)
     model.compile(optimizer=keras.optimizers.get(optimizer))
     model.optimizer.build(model.trainable_variables)
-    bundle = next(lt.split_tasks(df, spec, max_samples_per_task=32).dataset(32, shuffle=False))
+    bundle = next(iter(lt.split_tasks(df, spec, max_samples_per_task=32).dataset(32, shuffle=False)))
     step = tf.function(model.train_step)
     step(bundle)  # trace
     return step, bundle

@@ -115,19 +115,20 @@ class TaskParameterizedMetaBlock(keras.layers.Layer):
 
     The inner loop calls two pure functions instead of `stateless_call`:
 
-      task_parameters(weights, task_id) -> list of per-task tensors (the adapted parameters)
-      call_with_task_parameters(params, features) -> [batch, d]
+      task_parameters(weights, task_ids) -> list of tensors [T, ...]: every task's adapted parameters
+      call_with_task_parameters(params, features) -> [batch, d]   (one task's params, no leading T)
 
-    `weights` are the values of `self.trainable_variables` (tensors read once, outside the vectorized
-    loop); `task_id` is the task's key (the bundle's `task_key`) encoded by the spec feature named
-    `task_feature` — read from the task itself, so a task with an empty support set still finds its
-    row. The outer gradient reaches the weights through `task_parameters` (e.g. a gather, which keeps
-    the table's gradient sparse).
+    `task_parameters` runs once per batch, outside the vectorized per-task loop, on all T task ids
+    at once; `weights` are the `.value`s of `self.trainable_variables` (a backend variable where
+    autocast is off, as for a large table: not a dense read), so a gather from the table is a sparse read and the table's gradient stays a `tf.IndexedSlices` of the batch's
+    rows. `task_ids` [T] are the tasks' keys (the bundle's `task_key`) encoded by the spec feature
+    named `task_feature` — read from the task itself, so a task with an empty support set still finds
+    its row.
     """
 
     task_feature: str = ""
 
-    def task_parameters(self, weights, task_id):
+    def task_parameters(self, weights, task_ids):
         raise NotImplementedError
 
     def call_with_task_parameters(self, params, features):
@@ -162,19 +163,23 @@ class IDEmbeddingMetaBlock(TaskParameterizedMetaBlock):
 
     def build(self, input_shape=None):
         self.base = self.add_weight((self.output_dim,), initializer="zeros", name="base")
-        self.table = self.add_weight((self.feature.cardinality, self.output_dim),
+        # autocast off: under mixed precision a cast would copy the whole table; the rows are cast instead
+        self.table = self.add_weight((self.feature.cardinality, self.output_dim), autocast=False,
                                      initializer=keras.initializers.RandomNormal(stddev=0.01), name="table")
 
     def _rows(self, base, table, ids):
-        known = tf.cast(ids > 0, table.dtype)[..., None]
-        return base + tf.gather(table, ids) * known
+        base = tf.convert_to_tensor(base)
+        known = tf.cast(ids > 0, base.dtype)[..., None]
+        return base + tf.cast(tf.gather(table, ids), base.dtype) * known
 
     def call(self, inputs):
-        return self._rows(self.base, self.table, inputs[self.feature.name])
+        # `.value` is the backend variable: tf.gather on it is a sparse read (on the Keras variable it
+        # would read the whole table, and the optimizer's row update would then copy it)
+        return self._rows(self.base, self.table.value, inputs[self.feature.name])
 
-    def task_parameters(self, weights, task_id):
+    def task_parameters(self, weights, task_ids):
         base, table = weights
-        return [self._rows(base, table, task_id)]
+        return [self._rows(base, table, task_ids)]
 
     def call_with_task_parameters(self, params, features):
         n = tf.shape(features[self.feature.name])[0]

@@ -93,7 +93,7 @@ def initial_params(net: Network, weights: Weights, task) -> list:
     """The parameters a task adapts, before adaptation: the meta block's weights (or, for a
     `TaskParameterizedMetaBlock`, its small per-task tensors), then the global block's if it adapts."""
     if isinstance(net.meta_block, TaskParameterizedMetaBlock):
-        meta = list(net.meta_block.task_parameters(weights.meta, task["id"]))
+        meta = list(task["params"])  # this task's slice of `task_parameters` (gathered outside pfor)
     else:
         meta = list(weights.meta)
     return meta + (list(weights.global_) if net.adapt_global_block else [])
@@ -153,8 +153,13 @@ def _set(encoded, name):
     return encoded[name], encoded[f"{name}_label"], encoded[f"{name}_mask"]
 
 
-def _tasks(encoded):
-    return {"id": encoded["task_id"], "seed": encoded["task_seed"]}
+def _tasks(net: Network, weights: Weights, task_id, seed):
+    """The per-task elements of the vectorized loop: id, seed and, for a `TaskParameterizedMetaBlock`,
+    its per-task parameters, gathered for all tasks at once from the variables (a sparse read)."""
+    task = {"id": task_id, "seed": seed}
+    if isinstance(net.meta_block, TaskParameterizedMetaBlock):
+        task["params"] = list(net.meta_block.task_parameters(weights.meta, task_id))
+    return task
 
 
 def adapt_and_score(net: Network, weights: Weights, encoded, steps: int, learning_rate, training=False,
@@ -174,7 +179,8 @@ def adapt_and_score(net: Network, weights: Weights, encoded, steps: int, learnin
             out["unadapted_loss"] = _unadapted_loss(net, weights, support, query, task, steps + 1, training)
         return out
 
-    return vectorized(one_task, (_set(encoded, "support"), _set(encoded, "query"), _tasks(encoded)),
+    return vectorized(one_task, (_set(encoded, "support"), _set(encoded, "query"),
+                                  _tasks(net, weights, encoded["task_id"], encoded["task_seed"])),
                       fallback_to_while_loop)
 
 
@@ -210,7 +216,7 @@ def meta_embeddings(net: Network, weights: Weights, support, latest, task_id, st
         embs = embed(net, meta_p, s_x, task["seed"], False)
         return tf.where(tf.reduce_sum(s_m) > 0, pool(embs, s_m, last_emb, aggregation), last_emb)
 
-    elems = (features, labels, mask, latest, {"id": task_id, "seed": seeds})
+    elems = (features, labels, mask, latest, _tasks(net, weights, task_id, seeds))
     return vectorized(one_task, elems, False)
 
 

@@ -156,10 +156,14 @@ class LiMAMLModel(keras.Model):
                             _sample_loss(getattr(self, "loss", None)))
 
     def _weights(self) -> maml.Weights:
-        read = lambda vs: [tf.convert_to_tensor(v) for v in vs]  # noqa: E731  (once, outside pfor)
+        """Dense blocks' weights read once, outside pfor; a `TaskParameterizedMetaBlock` gets its
+        variables themselves (it gathers its rows sparsely, once per batch: a dense read of a large
+        table would cost a copy of the whole table per step)."""
+        read = lambda vs: [tf.convert_to_tensor(v) for v in vs]  # noqa: E731
+        meta = self.meta_block.trainable_variables
+        meta = [v.value for v in meta] if isinstance(self.meta_block, TaskParameterizedMetaBlock) else read(meta)
         rates = read(self.inner_rates) if getattr(self, "inner_rates", None) else None
-        return maml.Weights(read(self.meta_block.trainable_variables),
-                            read(self.global_block.trainable_variables), rates)
+        return maml.Weights(meta, read(self.global_block.trainable_variables), rates)
 
     def _task_ids(self, task_key, num_tasks):
         """Each task's key encoded by a `TaskParameterizedMetaBlock`'s `task_feature` (else zeros)."""

@@ -200,3 +200,28 @@ def test_mixed_bfloat16_trains_close_to_float32(synthetic, mixed_bfloat16):
     assert abs(np.linalg.norm(g_m) / np.linalg.norm(g_f) - 1) < 0.1
     logs = mixed.train_on_batch(bundle, return_dict=True)
     assert np.isfinite(logs["loss"])
+
+
+def _full_table_tensors(graph, shape):
+    """Names of the float tensors of exactly `shape` produced anywhere in `graph` (nested functions too)."""
+    found = [t.name for op in graph.get_operations() for t in op.outputs
+             if t.dtype.is_floating and t.shape.as_list() == list(shape)]
+    for fn in getattr(graph, "_functions", {}).values():
+        inner = getattr(fn, "graph", None)
+        if inner is not None:
+            found += _full_table_tensors(inner, shape)
+    return found
+
+
+def test_training_step_never_materializes_the_whole_id_table(synthetic):
+    """Defect 3, the cost side: a step reads the batch's rows only (a gather on the backend variable) and
+    applies a row update. A dense read of the table (e.g. tf.gather on the Keras variable, or a dense
+    gradient) would put a [cardinality, d] tensor in the step's graph and make each step cost O(table)."""
+    model, df, spec, _ = _id_model(synthetic)
+    model.compile(optimizer="sgd")
+    bundle = next(lt.split_tasks(df, spec, max_samples_per_task=12).batches(8))
+    model.train_on_batch(bundle)  # builds the optimizer
+    graph = tf.function(model.train_step).get_concrete_function(tf.nest.map_structure(tf.constant, bundle)).graph
+    table = model.meta_block.table.shape
+    assert graph.get_operations(), "empty graph"
+    assert _full_table_tensors(graph, table) == []

@@ -16,7 +16,7 @@ COMMAND_MODULES = [
     "limaml_tf.cli.demo",
     "limaml_tf.cli.serve",
     "limaml_tf.cli.refresh",
-    "limaml_tf.reproduce",
+    "limaml_tf.cli.reproduce",
 ]
 
 
