@@ -272,3 +272,13 @@ class DCNGlobalBlock(_GlobalBlockBase):
     def get_config(self):
         return {**super().get_config(), "num_cross_layers": self.num_cross_layers,
                 "projection_dim": self.projection_dim, "hidden_units": self.hidden_units}
+
+
+def check_no_batchnorm(block, role: str):
+    """Refuses BatchNormalization in an adapted block (per-task adaptation needs per-sample statistics)."""
+    for layer in block._flatten_layers(include_self=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            raise ValueError(
+                f"the {role} contains BatchNormalization layer {layer.name!r}: its batch statistics would mix "
+                "the tasks of a batch during per-task adaptation. Use keras.layers.LayerNormalization "
+                "(per-sample statistics) instead.")

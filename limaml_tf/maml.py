@@ -99,6 +99,12 @@ def initial_params(net: Network, weights: Weights, task) -> list:
     return meta + (list(weights.global_) if net.adapt_global_block else [])
 
 
+def adapted_param_shapes(net: Network, weights: Weights) -> list:
+    """Shapes of the parameters a task adapts (one task's, no leading task axis)."""
+    tasks = _tasks(net, weights, tf.zeros([1], tf.int32), tf.zeros([1, 2], tf.int64))
+    return [p.shape for p in initial_params(net, weights, tf.nest.map_structure(lambda a: a[0], tasks))]
+
+
 def split_params(net: Network, params, weights: Weights):
     """(meta-block params, global-block params) of a task's parameter list."""
     if not net.adapt_global_block:

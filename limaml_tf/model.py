@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from limaml_tf import distribute, maml
-from limaml_tf.blocks import TaskParameterizedMetaBlock
+from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.features import FeatureEncoder, FeatureSpec
 from limaml_tf.tasks import SETS
 
@@ -31,15 +31,6 @@ AGGREGATIONS = maml.AGGREGATIONS
 
 class _Untracked(collections.UserDict):
     """A mapping Keras/TF object tracking leaves alone (a tracked dict with int keys breaks SavedModel export)."""
-
-
-def _check_no_batchnorm(block, role: str):
-    for layer in block._flatten_layers(include_self=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            raise ValueError(
-                f"the {role} contains BatchNormalization layer {layer.name!r}: its batch statistics would mix "
-                "the tasks of a batch during per-task adaptation. Use keras.layers.LayerNormalization "
-                "(per-sample statistics) instead.")
 
 
 def _sample_loss(loss):
@@ -103,9 +94,9 @@ class LiMAMLModel(keras.Model):
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.from_dict(spec)
         self.meta_block, self.global_block = meta_block, global_block
-        _check_no_batchnorm(meta_block, "meta block")
+        check_no_batchnorm(meta_block, "meta block")
         if adapt_global_block:
-            _check_no_batchnorm(global_block, "global block (adapted: adapt_global_block=True)")
+            check_no_batchnorm(global_block, "global block (adapted: adapt_global_block=True)")
         self.encoder = FeatureEncoder(self.spec, name="feature_encoder")
         self.inner_steps = _count("inner_steps", inner_steps)
         self.inner_learning_rate = _rate("inner_learning_rate", inner_learning_rate)
@@ -120,18 +111,17 @@ class LiMAMLModel(keras.Model):
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
         self.support_dropout = float(support_dropout)
-        if not (math.isfinite(mixed_loss_weight) and mixed_loss_weight >= 0):
-            raise ValueError(f"mixed_loss_weight must be a finite number >= 0, got {mixed_loss_weight}")
-        self.mixed_loss_weight = float(mixed_loss_weight)
+        self.mixed_loss_weight = _rate("mixed_loss_weight", mixed_loss_weight)
         self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
         self._jit_scores = None
         self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
-        self(self.spec.dummy_inputs(2))  # creates every weight, so stateless calls and loading work
+        dummy = self.encoder(self.spec.dummy_inputs(2))
+        self.global_logits(dummy, self.embed(dummy))  # builds the blocks: the rates take their shapes
         self.inner_rates = self._make_inner_rates() if self.learn_inner_learning_rate else None
+        self(self.spec.dummy_inputs(2))  # creates every weight, so stateless calls and loading work
 
     def _make_inner_rates(self):
-        task = {"id": tf.constant(0, tf.int32)}
-        shapes = [p.shape for p in maml.initial_params(self.network, self._weights(), task)]
+        shapes = maml.adapted_param_shapes(self.network, self._weights())
         return [self.add_weight(shape=s, initializer=keras.initializers.Constant(self.inner_learning_rate),
                                 name=f"inner_rate_{i}") for i, s in enumerate(shapes)]
 

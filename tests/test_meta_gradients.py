@@ -19,7 +19,8 @@ def _bce(y, logits):
 
 def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global=False):
     """Per-task Python loop: the MAML query loss (mean over tasks with a query sample) and its gradient.
-    With `adapt_global`, the inner loop adapts the global block's weights too (entire-network MAML)."""
+    With `adapt_global`, the inner loop adapts the global block's weights too (entire-network MAML).
+    With Meta-SGD (`model.inner_rates`), each parameter steps by its own learned rate tensor."""
     meta_vars = model.meta_block.trainable_variables
     global_vars = model.global_block.trainable_variables
     encoded = model.encode_bundle(bundle)
@@ -45,6 +46,7 @@ def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global
                 continue
             s_x, s_y = real("support", t)
             params = [v.value for v in meta_vars] + ([v.value for v in global_vars] if adapt_global else [])
+            rates = [r.value for r in model.inner_rates] if model.inner_rates else [lr] * len(params)
             for _ in range(steps):
                 if len(s_y) == 0:
                     break
@@ -54,7 +56,7 @@ def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global
                 grads = [tf.convert_to_tensor(g) for g in inner.gradient(loss, params)]
                 if first_order:
                     grads = [tf.stop_gradient(g) for g in grads]
-                params = [p - lr * g for p, g in zip(params, grads)]
+                params = [p - r * g for p, r, g in zip(params, rates, grads)]
             losses.append(_bce(q_y, forward(params, q_x)))
         total = tf.add_n(losses) / len(losses)
     grads = outer.gradient(total, model.trainable_variables)
@@ -102,16 +104,51 @@ def test_entire_network_maml_matches_per_task_loop(synthetic, steps):
     assert _max_rel_err(grads, plain) > 1e-3, "adapting the global block changed nothing"
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_meta_sgd_matches_per_task_loop(synthetic, steps):
+    """Meta-SGD: learned per-weight inner rates (set to distinct random values here) and their gradient
+    through the inner loop, against the per-task reference."""
+    bundle, spec = _bundle(synthetic)
+    model = _model(spec, steps, first_order=False, learn_inner_learning_rate=True)
+    rng = np.random.default_rng(1)
+    for r in model.inner_rates:
+        r.assign(rng.uniform(0.2, 1.2, r.shape).astype("float32"))
+    loss, grads, _, _ = model.compute_gradients(bundle)
+    ref_loss, ref_grads = reference_meta_gradients(model, bundle, steps, None, False)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    assert _max_rel_err(grads, ref_grads) < 1e-4
+    rate_paths = {r.path for r in model.inner_rates}
+    rate_grads = [g for g, v in zip(grads, model.trainable_variables) if v.path in rate_paths]
+    assert len(rate_grads) == len(rate_paths) and all(float(tf.reduce_max(tf.abs(g))) > 0 for g in rate_grads)
+
+
+def test_meta_sgd_with_an_id_block(synthetic):
+    """The learned rates of a `TaskParameterizedMetaBlock` are shaped like one task's parameters (a row)."""
+    df, spec = synthetic
+    user = lt.Feature("user_key", "categorical", vocabulary=tuple(sorted(df[spec.task_key].unique())))
+    spec = spec.__class__(spec.task_key, spec.timestamp, spec.label, spec.meta_features + (user,),
+                          spec.other_features)
+    model = lt.LiMAMLModel(lt.IDEmbeddingMetaBlock(user, output_dim=3), tiny_blocks(spec)[1], spec,
+                           learn_inner_learning_rate=True)
+    assert [tuple(r.shape) for r in model.inner_rates] == [(3,)]
+    bundle = next(lt.split_tasks(df.assign(user_key=df[spec.task_key]), spec, max_samples_per_task=12).batches(4))
+    loss, grads, _, _ = model.compute_gradients(bundle)
+    assert np.isfinite(float(loss)) and float(tf.reduce_max(tf.abs(grads[-1]))) > 0
+
+
 def _as_tensors(bundle):
     return tf.nest.map_structure(lambda a: tf.constant(a.astype(str) if a.dtype == object else a), bundle)
 
 
-@pytest.mark.parametrize("steps,adapt_global", [(1, False), (3, False), (2, True)])
-def test_second_order_gradient_matches_finite_differences(synthetic, float64, steps, adapt_global):
+@pytest.mark.parametrize("steps,adapt_global,options", [(1, False, {}), (3, False, {}), (2, True, {}),
+                                                        (1, False, {"mixed_loss_weight": 0.7})],
+                         ids=["n1", "n3", "entire-network-n2", "mixed-loss"])
+def test_second_order_gradient_matches_finite_differences(synthetic, float64, steps, adapt_global, options):
     """Central differences on entries of every block (meta and global) whose gradient is not trivially
-    zero (unused embedding rows are skipped: they would match at 0 on both sides and prove nothing)."""
+    zero (unused embedding rows are skipped: they would match at 0 on both sides and prove nothing).
+    "mixed-loss": the outer objective + λ × the un-adapted network's loss on every real sample."""
     bundle, spec = _bundle(synthetic, tasks=4, cap=10)
-    model = _model(spec, steps, first_order=False, lr=1.5, adapt_global_block=adapt_global)
+    model = _model(spec, steps, first_order=False, lr=1.5, adapt_global_block=adapt_global, **options)
     bundle = _as_tensors(bundle)
     objective = tf.function(lambda b: model.compute_gradients(b)[0])  # traced once, reads the variables
     _, grads, _, _ = model.compute_gradients(bundle)
