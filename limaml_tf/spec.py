@@ -195,7 +195,11 @@ class FeatureSpec:
         missing = [c for c in required if c not in df.columns]
         if missing:
             raise FeatureError(f"missing column(s) {missing}: add them to the data or remove them from the spec")
-        keys = pd.Series(df[self.task_key].unique())  # each distinct key once
+        try:
+            keys = pd.Series(df[self.task_key].unique())  # each distinct key once
+        except TypeError:  # unhashable: lists, dicts
+            raise FeatureError(f"column {self.task_key!r} (task key) holds lists or other non-scalar values: give "
+                               "one string or integer per row") from None
         if keys.isna().any() or (keys.astype(str).str.strip() == "").any():
             raise FeatureError(f"column {self.task_key!r} (task key) has missing or blank values: drop those rows")
         ts = df[self.timestamp]
@@ -224,7 +228,7 @@ class FeatureSpec:
                       for v in values]
                 if not all(ok):
                     bad = values[ok.index(False)]
-                    raise FeatureError(f"multi-valued feature {f.name!r} has a {type(bad).__name__} value ({bad!r}): "
+                    raise FeatureError(f"multi-valued feature {f.name!r} has the value {bad!r} ({type(bad).__name__}): "
                                        f"give lists of strings or '{MULTI_VALUE_SEPARATOR}'-separated strings")
             if f.kind == "numeric":
                 col = df[f.name]
@@ -240,7 +244,8 @@ class FeatureSpec:
         same_time = df.duplicated([self.task_key, self.timestamp], keep=False)
         if not same_time.any():
             return
-        candidates = df.loc[same_time, columns].map(lambda v: tuple(v) if isinstance(v, (list, np.ndarray)) else v)
+        candidates = df.loc[same_time, columns].map(lambda v: repr(v) if isinstance(v, (list, tuple, np.ndarray, dict, set))
+                                                    else v)
         dup = candidates.duplicated()
         if dup.any():
             first = candidates[dup].iloc[0]
