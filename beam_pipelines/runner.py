@@ -37,7 +37,8 @@ def parse_as_of(text: str | float, flag: str = "--as-of") -> float:
             raise ValueError(f"{flag} {text!r} is not a time ({e}): give ISO-8601 (e.g. 2024-05-01T00:00:00Z) "
                              "or epoch seconds") from None
         if t is pd.NaT:
-            raise ValueError(f"{flag} {text!r} is not a time: give ISO-8601 (e.g. 2024-05-01T00:00:00Z) or epoch seconds")
+            raise ValueError(f"{flag} {text!r} is not a time: give ISO-8601 (e.g. 2024-05-01T00:00:00Z) or "
+                             "epoch seconds")
         t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
         seconds = t.value / 1e9
     try:

@@ -244,8 +244,8 @@ class FeatureSpec:
         same_time = df.duplicated([self.task_key, self.timestamp], keep=False)
         if not same_time.any():
             return
-        candidates = df.loc[same_time, columns].map(lambda v: repr(v) if isinstance(v, (list, tuple, np.ndarray, dict, set))
-                                                    else v)
+        unhashable = (list, tuple, np.ndarray, dict, set)
+        candidates = df.loc[same_time, columns].map(lambda v: repr(v) if isinstance(v, unhashable) else v)
         dup = candidates.duplicated()
         if dup.any():
             first = candidates[dup].iloc[0]

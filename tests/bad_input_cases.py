@@ -224,7 +224,7 @@ def _million_samples(ctx):
 def _unicode_and_long_keys(ctx):
     from beam_pipelines.interactions import stable_bucket
     from limaml_tf.serving.client import InMemoryEmbeddingStore
-    keys = {k: f"user-{i}-" + "😀é中" + "x" * (10_000 if i % 2 else 0) for i, k in enumerate(ctx.df.user_id.unique())}
+    keys = {k: f"user-{i}-😀é中" + "x" * (10_000 if i % 2 else 0) for i, k in enumerate(ctx.df.user_id.unique())}
     df = ctx.df.assign(user_id=ctx.df.user_id.map(keys))
     tasks = _split(ctx, df, max_samples_per_task=16)
     assert set(tasks.task_keys) == set(keys.values())

@@ -142,8 +142,9 @@ def _request_tensors(servable: Servable, signature_name: str, request,
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid TensorProto ({e}): "
                                "build it with tf.make_tensor_proto")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} has NaN/inf values: send finite values "
-                               "(for an unknown task, the cold-start meta embedding of the serving metadata)")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} has NaN/inf values: send finite values (for an unknown task, the "
+                               "cold-start meta embedding of the serving metadata)")
         tensors[name] = tf.constant(value, dtype=want)
         batch[name] = value.shape[0] if value.ndim else None
     if len(set(batch.values())) > 1:
