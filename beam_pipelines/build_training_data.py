@@ -80,8 +80,8 @@ def build_training_data(input: str, spec: FeatureSpec | str, output: str, max_sa
     spec = read_spec(spec) if isinstance(spec, str) else spec
     tables = [(pd.read_parquet(path), key) for path, key in map(parse_join, joins)]
     num_buckets = num_buckets or auto_buckets(input)
-    start = None if start is None else parse_as_of(start)
-    end = None if end is None else parse_as_of(end)
+    start = None if start is None else parse_as_of(start, "--start")
+    end = None if end is None else parse_as_of(end, "--end")
     s_len = max(int(max_samples * support_fraction), 1)
     worker_pythonpath()
     with atomic_directory(output) as tmp:

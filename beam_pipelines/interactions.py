@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from limaml_tf.spec import FeatureSpec
+from limaml_tf.spec import MAX_EPOCH_SECONDS, FeatureError, FeatureSpec
 from limaml_tf.tasks import keep_most_recent
 
 FORMATS = ("parquet", "tfrecord")
@@ -132,6 +132,30 @@ class ReadInteractions(beam.DoFn):
                 yield f"{name}:{i:06d}", _example_rows(records, self.spec)
 
 
+def parquet_metadata(path: str):
+    """The footer of a Parquet input file; FeatureError naming the file when it is not readable."""
+    try:
+        with FileSystems.open(path) as f:
+            return pq.ParquetFile(f).metadata
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        raise FeatureError(f"input file {path!r} is not a readable Parquet file ({e}): re-write it, or move it "
+                           "out of --input") from None
+
+
+def check_input_columns(paths: list[str], spec: FeatureSpec, require_label: bool = True) -> None:
+    """Before any worker starts (refresh: no joins add columns): every Parquet input has the columns the
+    spec (the adapter's) needs, so a mismatched adapter fails the run instead of sending every row to the
+    dead letter."""
+    need = [spec.task_key, spec.timestamp] + ([spec.label] if require_label else [])
+    need += [f.name for f in spec.features if f.kind == "numeric"]
+    for path in paths:
+        have = set(parquet_metadata(path).schema.names)
+        missing = [c for c in need if c not in have]
+        if missing:
+            raise FeatureError(f"input file {path!r} lacks column(s) {missing} that the feature spec (the adapter's) "
+                               f"needs: pass the adapter trained on this data (--adapter), or add the columns")
+
+
 def read_interactions(p, pattern: str, spec: FeatureSpec, fmt: str | None = None, batch_rows: int = 65_536):
     """PCollection of (batch id, DataFrame) from the files matching `pattern`."""
     paths = list_files(pattern)
@@ -184,6 +208,8 @@ def check_rows(df: pd.DataFrame, spec: FeatureSpec, require_label: bool = True,
     if spec.timestamp in df.columns:
         out[spec.timestamp] = to_seconds(df[spec.timestamp])
         flag(~np.isfinite(out[spec.timestamp]), f"missing or non-numeric timestamp {spec.timestamp!r}")
+        flag(out[spec.timestamp].abs() > MAX_EPOCH_SECONDS, f"timestamp {spec.timestamp!r} looks like milliseconds "
+             f"(> {MAX_EPOCH_SECONDS:.0e} s): write epoch seconds (divide by 1000)")
     if require_label and spec.label in df.columns:
         label = pd.to_numeric(df[spec.label], errors="coerce")
         flag(~label.isin([0, 1]), f"label {spec.label!r} must be 0 or 1 (NaN or other value)")

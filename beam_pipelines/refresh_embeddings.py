@@ -38,14 +38,15 @@ import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import RunInference
 
 from beam_pipelines.adapter_handler import AdapterModelHandler, cold_start_batches
-from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, read_dead_letter, read_interactions, select,
-                                         stable_bucket)
+from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, check_input_columns, detect_format,
+                                         list_files, read_dead_letter, read_interactions, select, stable_bucket)
 from beam_pipelines.refresh_stages import PackBucket, WriteBucket, by_bucket
 from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of, run_and_wait, run_tag,
                                    worker_pythonpath)
 from limaml_tf.artifacts import (AGGREGATIONS, COLD_START_KEY, DEAD_LETTER_DIR, EMBEDDINGS_DIR, SUCCESS_FILE,
                                  atomic_directory, embeddings_table, read_adapter, read_embeddings, resolve_adapter)
 from limaml_tf.spec import FeatureSpec
+from limaml_tf.tasks import positive_int
 
 MANIFEST_DIR = ".manifest"
 
@@ -118,12 +119,22 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
     """Runs the refresh; commits runs/<as_of>/ under `output` atomically, then publishes it to the
     Feast online store (`online_store`: "sqlite", "redis://host:port" or None). Returns the summary."""
     start = time.perf_counter()
+    for flag, value in (("--max-samples", max_samples), ("--tasks-per-batch", tasks_per_batch),
+                        ("--workers", workers)):
+        positive_int(flag, value)
+    if num_buckets:
+        positive_int("--num-buckets", num_buckets)
+    if not (isinstance(days, (int, float)) and 0 < days < float("inf")):
+        raise ValueError(f"--days must be a number of days > 0, got {days!r}: e.g. 30")
+    as_of = parse_as_of(as_of)
     adapter = resolve_adapter(adapter, aggregation)
     spec, config = read_adapter(adapter)  # once: the stages get the spec from here
     model_version = str(config["model_version"])
-    as_of = parse_as_of(as_of)
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     num_buckets = num_buckets or auto_buckets(input)
+    paths = list_files(input)
+    if detect_format(paths, input_format) == "parquet":
+        check_input_columns(paths, spec)  # a mismatched adapter fails here, not row by row
     run_dir = os.path.join(os.path.abspath(output), "runs", run_tag(as_of))
     worker_pythonpath()
     with atomic_directory(run_dir) as tmp:

@@ -14,11 +14,10 @@ import os
 
 import apache_beam as beam
 import pandas as pd
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines.interactions import list_files
+from beam_pipelines.interactions import list_files, parquet_metadata
+from limaml_tf.spec import FeatureError, check_seconds
 
 DAY = 86_400.0
 RUNNERS = {  # names users type -> what we run (never the Prism-first default DirectRunner)
@@ -27,15 +26,26 @@ RUNNERS = {  # names users type -> what we run (never the Prism-first default Di
 }
 
 
-def parse_as_of(text: str | float) -> float:
+def parse_as_of(text: str | float, flag: str = "--as-of") -> float:
     """--as-of / --start / --end: ISO-8601 time (UTC unless it has an offset) or epoch seconds -> epoch seconds."""
     try:
-        return float(text)
+        seconds = float(text)
     except (TypeError, ValueError):
-        pass
-    t = pd.Timestamp(text)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    return t.value / 1e9
+        try:
+            t = pd.Timestamp(text)
+        except (TypeError, ValueError) as e:  # pandas' DateParseError is a ValueError
+            raise ValueError(f"{flag} {text!r} is not a time ({e}): give ISO-8601 (e.g. 2024-05-01T00:00:00Z) "
+                             "or epoch seconds") from None
+        if t is pd.NaT:
+            raise ValueError(f"{flag} {text!r} is not a time: give ISO-8601 (e.g. 2024-05-01T00:00:00Z) or "
+                             "epoch seconds")
+        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        seconds = t.value / 1e9
+    try:
+        check_seconds([seconds], f"{flag} {text!r}")
+    except FeatureError as e:
+        raise ValueError(str(e)) from None
+    return seconds
 
 
 def run_tag(as_of: float) -> str:
@@ -89,7 +99,6 @@ def auto_buckets(input_pattern: str, rows_per_bucket: int = 400_000) -> int:
     if all(p.endswith(".parquet") for p in paths):
         rows = 0
         for p in paths:
-            with FileSystems.open(p) as f:
-                rows += pq.ParquetFile(f).metadata.num_rows
+            rows += parquet_metadata(p).num_rows
         return max(1, math.ceil(rows / rows_per_bucket))
     return 8

@@ -19,6 +19,7 @@ Layout (`saved_models/README.md`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from limaml_tf.spec import FeatureSpec
+from limaml_tf.spec import FeatureSpec, WriteError
 
 SPEC_FILE = "feature_spec.json"
 CONFIG_FILE = "limaml_config.json"  # adapter: steps, learning_rate, aggregation, embedding_dim, model_version
@@ -55,14 +56,36 @@ COLD_START_KEY = "__cold_start__"  # the row for a task never seen: the model's 
 
 # -- writing -----------------------------------------------------------------------------------
 
+_WRITE_FIXES = {errno.EACCES: "make it writable or choose another output directory",
+                errno.EPERM: "make it writable or choose another output directory",
+                errno.EROFS: "the file system is read-only: choose another output directory",
+                errno.ENOSPC: "the disk is full: free space or choose another output directory",
+                errno.EDQUOT: "the disk quota is exceeded: free space or choose another output directory"}
+
+
+@contextlib.contextmanager
+def output_errors(path: str):
+    """Re-raises a permission / read-only / full-disk OSError while writing `path` as a WriteError
+    naming the path and the fix (other errors pass unchanged)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        if e.errno not in _WRITE_FIXES:
+            raise
+        raise WriteError(e.errno, f"cannot write {path!r} ({os.strerror(e.errno)}): {_WRITE_FIXES[e.errno]}") from e
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str):
     """Yields a temp dir beside `path`; on success it is renamed to `path` (replacing an old one),
     on failure removed, so readers never see a half-written directory."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    with output_errors(path):
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
         yield tmp
         if os.path.exists(path):
@@ -72,6 +95,10 @@ def atomic_directory(path: str):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with output_errors(path):
+            raise e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -79,9 +106,10 @@ def atomic_directory(path: str):
 
 def atomic_write_text(path: str, text: str) -> str:
     """Writes `text` to `path` through a temp file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path) or ".")
+    with output_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path) or ".")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with output_errors(path), os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -112,9 +140,12 @@ def read_extra(export_dir: str, name: str) -> str:
 def read_spec(path: str) -> FeatureSpec:
     """The feature spec beside an artifact (`<dir>/assets.extra/feature_spec.json`) or in a JSON file."""
     if os.path.isdir(path):
-        return FeatureSpec.from_json(read_extra(path, SPEC_FILE))
+        return FeatureSpec.from_json(read_extra(path, SPEC_FILE), os.path.join(path, EXTRA_DIR, SPEC_FILE))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"feature spec {path!r} does not exist: pass a JSON file written by "
+                                "FeatureSpec.to_json() or an export directory")
     with open(path, encoding="utf-8") as f:
-        return FeatureSpec.from_json(f.read())
+        return FeatureSpec.from_json(f.read(), f"feature spec {path!r}")
 
 
 def read_adapter(path: str) -> tuple[FeatureSpec, dict]:

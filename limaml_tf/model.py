@@ -21,9 +21,11 @@ import math
 import keras
 import tensorflow as tf
 
+import limaml_tf
 from limaml_tf import distribute, maml
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.features import FeatureEncoder, FeatureSpec
+from limaml_tf.spec import ArtifactError
 from limaml_tf.tasks import SETS
 
 AGGREGATIONS = maml.AGGREGATIONS
@@ -338,14 +340,25 @@ class LiMAMLModel(keras.Model):
             "max_tasks_per_chunk": self.max_tasks_per_chunk, "jit_inner_loop": self.jit_inner_loop,
             "support_dropout": self.support_dropout, "mixed_loss_weight": self.mixed_loss_weight,
             "learn_inner_learning_rate": self.learn_inner_learning_rate,
+            "limaml_version": limaml_tf.__version__,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        _check_version(config.pop("limaml_version", None), cls.__name__)
         config["meta_block"] = keras.saving.deserialize_keras_object(config["meta_block"])
         config["global_block"] = keras.saving.deserialize_keras_object(config["global_block"])
         return cls(**config)
+
+
+def _check_version(saved: str | None, what: str) -> None:
+    """A model saved by another minor version of the package may not load the same way: refuse it.
+    (Files saved before the version was recorded carry none and load as before.)"""
+    if saved is not None and saved.split(".")[:2] != limaml_tf.__version__.split(".")[:2]:
+        raise ArtifactError(f"this {what} was saved by limaml-tf {saved}, this is limaml-tf {limaml_tf.__version__}: "
+                            f"load it with limaml-tf=={saved} (pip install 'limaml-tf=={saved}'), or re-train it "
+                            "with this version")
 
 
 def _count(name, value) -> int:

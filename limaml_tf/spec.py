@@ -21,8 +21,33 @@ KINDS = ("numeric", "categorical", "multi_valued")
 MULTI_VALUE_SEPARATOR = "|"
 
 
+# Timestamps are epoch seconds; a value above this (year 5138) is milliseconds (or finer).
+MAX_EPOCH_SECONDS = 1e11
+
+
 class FeatureError(ValueError):
     """Bad input data: the message names the field and the fix."""
+
+
+class ArtifactError(ValueError):
+    """A file this package cannot read (not JSON, another package version, ...): the message names
+    the file and the fix."""
+
+
+class WriteError(OSError):
+    """An output that cannot be written (read-only directory, full disk): the message names the path
+    and the fix; `errno` is the original one."""
+
+
+def check_seconds(seconds: np.ndarray, field: str) -> None:
+    """FeatureError unless every value is a finite epoch time in seconds (not milliseconds)."""
+    seconds = np.asarray(seconds, dtype="float64")
+    bad = ~np.isfinite(seconds)
+    if bad.any():
+        raise FeatureError(f"{field} has {int(bad.sum())} missing (NaN/inf) value(s): drop or fill those rows")
+    if len(seconds) and np.abs(seconds).max() > MAX_EPOCH_SECONDS:
+        raise FeatureError(f"{field} looks like milliseconds (max {seconds.max():.0f} > {MAX_EPOCH_SECONDS:.0e} "
+                           "seconds): give epoch seconds, e.g. divide by 1000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +62,7 @@ class Feature:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise FeatureError(f"feature {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+            raise FeatureError(f"feature {self.name!r}: kind {self.kind!r} is unknown: set kind to one of {KINDS}")
         if self.kind != "numeric" and not self.vocabulary and self.num_bins < 1:
             raise FeatureError(f"feature {self.name!r}: set num_bins >= 1 or a vocabulary")
         if self.kind == "multi_valued" and self.max_len < 1:
@@ -115,17 +140,38 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
+        fields = {f.name for f in dataclasses.fields(Feature)}
+
         def feats(items):
-            return tuple(Feature(**{**f, "vocabulary": tuple(f["vocabulary"]) if f.get("vocabulary") else None})
-                         for f in items)
+            out = []
+            for f in items:
+                unknown = sorted(set(f) - fields) if isinstance(f, dict) else None
+                if unknown is None or unknown or "name" not in f or "kind" not in f:
+                    raise FeatureError(f"feature spec entry {f!r}: a feature is a dict with 'name', 'kind' and "
+                                       f"only the keys {sorted(fields)}" + (f"; remove {unknown}" if unknown else ""))
+                out.append(Feature(**{**f, "vocabulary": tuple(f["vocabulary"]) if f.get("vocabulary") else None}))
+            return tuple(out)
+
+        keys = ("task_key", "timestamp", "label", "meta_features", "other_features")
+        missing = [k for k in keys if k not in d] if isinstance(d, dict) else list(keys)
+        if missing:
+            raise FeatureError(f"feature spec lacks {missing}: write it with FeatureSpec.to_json() (keys {list(keys)})")
         return cls(d["task_key"], d["timestamp"], d["label"], feats(d["meta_features"]), feats(d["other_features"]))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "FeatureSpec":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "feature spec") -> "FeatureSpec":
+        """The spec from its JSON text; errors name `source` (e.g. the file it was read from)."""
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise ArtifactError(f"{source} is not JSON ({e}): write it with FeatureSpec.to_json()") from None
+        try:
+            return cls.from_dict(d)
+        except FeatureError as e:
+            raise FeatureError(f"{source}: {e}") from None
 
     # -- data --------------------------------------------------------------
     def fit(self, df: pd.DataFrame) -> "FeatureSpec":
@@ -149,11 +195,21 @@ class FeatureSpec:
         missing = [c for c in required if c not in df.columns]
         if missing:
             raise FeatureError(f"missing column(s) {missing}: add them to the data or remove them from the spec")
-        if df[self.task_key].isna().any():
-            raise FeatureError(f"column {self.task_key!r} (task key) has missing values: drop those rows")
-        if not (pd.api.types.is_numeric_dtype(df[self.timestamp]) or pd.api.types.is_datetime64_any_dtype(df[self.timestamp])):
-            raise FeatureError(f"column {self.timestamp!r} (timestamp) must be numeric seconds or datetime, "
-                               f"got {df[self.timestamp].dtype}")
+        try:
+            keys = pd.Series(df[self.task_key].unique())  # each distinct key once
+        except TypeError:  # unhashable: lists, dicts
+            raise FeatureError(f"column {self.task_key!r} (task key) holds lists or other non-scalar values: give "
+                               "one string or integer per row") from None
+        if keys.isna().any() or (keys.astype(str).str.strip() == "").any():
+            raise FeatureError(f"column {self.task_key!r} (task key) has missing or blank values: drop those rows")
+        ts = df[self.timestamp]
+        if pd.api.types.is_datetime64_any_dtype(ts):
+            check_seconds(np.where(ts.isna(), np.nan, 0.0), f"column {self.timestamp!r} (timestamp)")
+        elif pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
+            check_seconds(ts.to_numpy(dtype="float64", na_value=np.nan), f"column {self.timestamp!r} (timestamp)")
+        else:
+            raise FeatureError(f"column {self.timestamp!r} (timestamp) must be numeric epoch seconds or datetime, "
+                               f"got {ts.dtype}: convert it (e.g. pd.to_datetime)")
         if require_label:
             label = df[self.label]
             if not pd.api.types.is_numeric_dtype(label) and not pd.api.types.is_bool_dtype(label):
@@ -165,12 +221,37 @@ class FeatureSpec:
             if bad.any():
                 raise FeatureError(f"column {self.label!r} (label) must be 0 or 1; found {label[bad].iloc[0]!r}")
         for f in self.features:
+            if f.kind == "multi_valued":
+                values = df[f.name].to_numpy()
+                ok = [v is None or isinstance(v, str) or (isinstance(v, float) and np.isnan(v))
+                      or (isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(s, str) for s in v))
+                      for v in values]
+                if not all(ok):
+                    bad = values[ok.index(False)]
+                    raise FeatureError(f"multi-valued feature {f.name!r} has the value {bad!r} ({type(bad).__name__}): "
+                                       f"give lists of strings or '{MULTI_VALUE_SEPARATOR}'-separated strings")
             if f.kind == "numeric":
                 col = df[f.name]
                 if not pd.api.types.is_numeric_dtype(col):
                     raise FeatureError(f"numeric feature {f.name!r} has dtype {col.dtype}: convert it to float")
                 if not np.isfinite(col.to_numpy(dtype="float64")).all():
                     raise FeatureError(f"numeric feature {f.name!r} has NaN/inf values: fill or drop them")
+        self._check_duplicates(df, required)
+
+    def _check_duplicates(self, df: pd.DataFrame, columns: list[str]) -> None:
+        """Rows identical in every spec column (a logged event twice) are an error; rows of one task with
+        the same timestamp but different values are kept, in their original order."""
+        same_time = df.duplicated([self.task_key, self.timestamp], keep=False)
+        if not same_time.any():
+            return
+        unhashable = (list, tuple, np.ndarray, dict, set)
+        candidates = df.loc[same_time, columns].map(lambda v: repr(v) if isinstance(v, unhashable) else v)
+        dup = candidates.duplicated()
+        if dup.any():
+            first = candidates[dup].iloc[0]
+            raise FeatureError(f"{int(dup.sum())} row(s) repeat another row in every column (e.g. {self.task_key}="
+                               f"{first[self.task_key]!r}, {self.timestamp}={first[self.timestamp]!r}): drop them "
+                               "with df.drop_duplicates() (rows of one task at the same time that differ are kept)")
 
     def raw_arrays(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Raw feature columns as numpy arrays in the encoder's input format."""

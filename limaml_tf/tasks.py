@@ -28,6 +28,16 @@ from limaml_tf.spec import FeatureError, FeatureSpec
 SETS = ("support", "query")
 
 
+def positive_int(name: str, value, allow_none: bool = False):
+    """`value` as an int >= 1 (or None when allowed); ValueError naming `name` otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1{' or None (no limit)' if allow_none else ''}, "
+                         f"got {value!r}: pass a positive count")
+    return int(value)
+
+
 def _sorted(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Rows sorted by (task, time), ties broken by original row order (stable)."""
     ts = df[spec.timestamp]
@@ -44,7 +54,8 @@ def _sorted(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 
 
 def keep_most_recent(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None) -> pd.DataFrame:
-    """Sorted by (task, time); keeps each task's most recent `max_samples_per_task` samples."""
+    """Sorted by (task, time); keeps each task's most recent `max_samples_per_task` samples (None: all)."""
+    max_samples_per_task = positive_int("max_samples_per_task", max_samples_per_task, allow_none=True)
     df = _sorted(df, spec)
     if max_samples_per_task:
         from_end = df.groupby(spec.task_key, sort=False).cumcount(ascending=False)
@@ -79,6 +90,7 @@ class TaskSet:
 
     def batches(self, tasks_per_batch: int, pad: bool = True):
         """Yields bundles of `tasks_per_batch` tasks in order (last one padded with empty tasks)."""
+        tasks_per_batch = positive_int("tasks_per_batch", tasks_per_batch)
         for start in range(0, len(self), tasks_per_batch):
             yield pad_task_count(self.subset(slice(start, start + tasks_per_batch)).arrays,
                                  tasks_per_batch if pad else None)
@@ -86,6 +98,7 @@ class TaskSet:
     def dataset(self, tasks_per_batch: int, shuffle: bool = True, seed: int = 0,
                 repeat: bool = False) -> tf.data.Dataset:
         """tf.data pipeline of fixed-shape task batches; the last batch is padded with empty tasks."""
+        tasks_per_batch = positive_int("tasks_per_batch", tasks_per_batch)
         arrays = {k: v for k, v in self.arrays.items() if not k.endswith("_time")}
         ds = tf.data.Dataset.from_tensor_slices(arrays)
         if shuffle:
@@ -160,6 +173,7 @@ def recent_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int)
     """Tasks for adaptation (Algorithm 2b): per task, its most recent `max_samples_per_task` samples in
     time order as the support set (no query set); tasks sorted by key. Rows are used as given (check
     them first: `FeatureSpec.validate` or the pipelines' row checks)."""
+    max_samples_per_task = positive_int("max_samples_per_task", max_samples_per_task)
     df = keep_most_recent(df, spec, max_samples_per_task)
     keys = df[spec.task_key].drop_duplicates().to_numpy()
     return _pad_sets(spec, keys, {"support": df}, {"support": max_samples_per_task})
@@ -173,7 +187,9 @@ def split_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int =
     set, the rest its query set, so no query sample is earlier than a support sample.
     """
     if not 0 < support_fraction < 1:
-        raise ValueError(f"support_fraction must be in (0, 1), got {support_fraction}")
+        raise ValueError(f"support_fraction must be in (0, 1), got {support_fraction}: e.g. 0.75")
+    positive_int("max_samples_per_task", max_samples_per_task, allow_none=True)
+    positive_int("min_samples_per_task", min_samples_per_task)
     spec.validate(df)
     df = keep_most_recent(df, spec, max_samples_per_task)
     n = df.groupby(spec.task_key, sort=False)[spec.task_key].transform("size").to_numpy()
@@ -198,6 +214,8 @@ def paired_tasks(support_df: pd.DataFrame, query_df: pd.DataFrame, spec: Feature
     most recent `max_support` kept), query = its samples in `query_df` (the test period, earliest
     `max_query` kept). Tasks are the keys of `query_df`; a task with no support samples gets an
     empty (all-masked) support set, so it is scored with the un-adapted model (cold start)."""
+    positive_int("max_support", max_support)
+    positive_int("max_query", max_query)
     spec.validate(support_df)
     spec.validate(query_df)
     support = keep_most_recent(support_df, spec, max_support)

@@ -20,8 +20,12 @@ def write_ml100k(path, extra_users: int = 0, ratings_per_user: int = 12, seed: i
         times = np.sort(rng.integers(start, start + 90 * 86_400, ratings_per_user))
         times[3] = times[2]  # a tie: two ratings in the same second
         taste = rng.normal()
-        for t in times:
+        previous = None
+        for i, t in enumerate(times):
             m = rng.integers(1, 4)
+            if i == 3 and m == previous:  # the tie is two different movies (the same one twice is a double log)
+                m = m % 3 + 1
+            previous = m
             rating = int(np.clip(np.round(3 + taste * (m - 2) + rng.normal()), 1, 5))
             rows.append(f"{u}\t{m}\t{rating}\t{t}")
     (path / "u.data").write_text("\n".join(rows) + "\n", encoding="latin-1")

@@ -65,7 +65,7 @@ def test_cli_options():
     extra = cfg.variant_list[-1]
     assert extra.name == "LiMAML-mixed" and extra.kwargs == {"mixed_loss_weight": 0.5, "first_order": True}
     assert parse_variant("Tuned!=vanilla:learning_rate=0.001").baseline
-    with pytest.raises(SystemExit, match="time protocol"):
+    with pytest.raises(ValueError, match="time protocol"):
         main(build_parser().parse_args(["reproduce", "--protocol", "user-cold", "--tables", "3"]))
     with pytest.raises(ValueError, match="unknown kind"):
         parse_variant("X=resnet")

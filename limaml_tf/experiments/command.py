@@ -154,7 +154,7 @@ def main(a) -> int:
     tables = tuple(a.tables or default)
     paper = tuple(t for t in tables if t in PAPER_TABLES)
     if paper and a.protocol != "time":
-        raise SystemExit(f"--tables {' '.join(paper)}: the paper's tables use the time protocol; with "
+        raise ValueError(f"--tables {' '.join(paper)}: the paper's tables use the time protocol; with "
                          f"--protocol {a.protocol} only 'models' (and --sensitivity) apply")
     out = a.out or f"runs/reproduce-{a.protocol}"
     verbose = a.verbose

@@ -42,7 +42,12 @@ class InMemoryEmbeddingStore:
     def put(self, task_keys, embeddings) -> None:
         embeddings = np.asarray(embeddings, np.float32).reshape(len(task_keys), -1)
         if embeddings.shape[1] != self.dim:
-            raise ServingError(f"embeddings have size {embeddings.shape[1]}, this store holds size {self.dim}")
+            raise ServingError(f"meta embeddings have size {embeddings.shape[1]}, this store holds size {self.dim}: "
+                               "put the embeddings of the model this store serves (or make a store of that size)")
+        bad = ~np.isfinite(embeddings).all(1)
+        if bad.any():
+            raise ServingError(f"meta embeddings of task keys {[str(k) for k, b in zip(task_keys, bad) if b][:5]} "
+                               "have NaN/inf: recompute them (check the adapter's inputs) before storing")
         self._rows.update({str(k): e.copy() for k, e in zip(task_keys, embeddings)})
 
     def get_embeddings(self, task_keys: list[str]) -> tuple[np.ndarray, np.ndarray]:

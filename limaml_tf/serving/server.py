@@ -57,6 +57,9 @@ class ModelRepository:
 
     def __init__(self, base_dir: str):
         self.base_dir = os.path.abspath(base_dir)
+        if not os.path.isdir(self.base_dir):
+            raise FileNotFoundError(f"saved models directory {base_dir!r} does not exist: point --saved-models at the "
+                                    "directory holding <name>/<version>/ exports (limaml_tf.export.export_serving)")
         self.model_dirs = self._model_dirs()
         if not self.model_dirs:
             raise FileNotFoundError(f"no models under {self.base_dir}: export one with "
@@ -96,8 +99,13 @@ def _describe(signature_def) -> str:
                      f"{[d.size for d in v.tensor_shape.dim]}" for k, v in sorted(signature_def.inputs.items()))
 
 
-def _request_tensors(servable: Servable, signature_name: str, request) -> dict[str, tf.Tensor]:
-    """Checks the request's inputs against the signature; returns them as tensors."""
+DEFAULT_MAX_REQUEST_BYTES = 16 << 20
+
+
+def _request_tensors(servable: Servable, signature_name: str, request,
+                     max_values: int = DEFAULT_MAX_REQUEST_BYTES) -> dict[str, tf.Tensor]:
+    """Checks the request's inputs against the signature; returns them as tensors. No input is decoded
+    before its declared shape fits the signature and holds at most `max_values` values."""
     where = f"signature {signature_name!r} of model {servable.name!r} version {servable.version}"
     sig = servable.signature_defs[signature_name]
     missing = sorted(set(sig.inputs) - set(request.inputs))
@@ -112,20 +120,31 @@ def _request_tensors(servable: Servable, signature_name: str, request) -> dict[s
         proto = request.inputs[name]
         want = tf.dtypes.as_dtype(info.dtype)
         if proto.dtype != info.dtype:
-            got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "unset"
+            try:
+                got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "unset"
+            except TypeError:
+                got = f"<unknown enum {proto.dtype}>"
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has dtype {got}, {where} expects {want.name}")
+                               f"input {name!r} has dtype {got}, {where} expects {want.name}: send {want.name} values")
+        shape = tf.TensorShape([None if d.size < 0 else d.size for d in info.tensor_shape.dim])
+        declared = [d.size for d in proto.tensor_shape.dim]
+        if proto.tensor_shape.unknown_rank or any(d < 0 for d in declared) or not shape.is_compatible_with(declared):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} has shape {declared}, {where} expects "
+                               f"{[d if d is not None else -1 for d in shape.as_list()]} (-1: any size)")
+        if np.prod(declared, dtype=float) > max_values:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} declares shape {declared}, over the server's limit of {max_values} "
+                               "values per input: split the batch into smaller requests")
         try:
             value = tf.make_ndarray(proto)
         except Exception as e:  # inconsistent shape / content
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid TensorProto: {e}")
-        shape = tf.TensorShape([None if d.size < 0 else d.size for d in info.tensor_shape.dim])
-        if not shape.is_compatible_with(value.shape):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has shape {list(value.shape)}, {where} expects "
-                               f"{[d if d is not None else -1 for d in shape.as_list()]} (-1: any size)")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid TensorProto ({e}): "
+                               "build it with tf.make_tensor_proto")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} has NaN/inf values")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} has NaN/inf values: send finite values (for an unknown task, the "
+                               "cold-start meta embedding of the serving metadata)")
         tensors[name] = tf.constant(value, dtype=want)
         batch[name] = value.shape[0] if value.ndim else None
     if len(set(batch.values())) > 1:
@@ -135,8 +154,8 @@ def _request_tensors(servable: Servable, signature_name: str, request) -> dict[s
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository: ModelRepository):
-        self.repository = repository
+    def __init__(self, repository: ModelRepository, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+        self.repository, self.max_request_bytes = repository, int(max_request_bytes)
 
     def _servable(self, model_spec, signature_name: str | None = None) -> Servable:
         if model_spec.version_label:
@@ -159,9 +178,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         try:
+            size = request.ByteSize()
+            if size > self.max_request_bytes:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"request is {size} bytes, over the server's limit of {self.max_request_bytes} "
+                                   "(--max-request-bytes): split the batch into smaller requests")
             signature_name = request.model_spec.signature_name or SERVING_SIGNATURE
             servable = self._servable(request.model_spec, signature_name)
-            inputs = _request_tensors(servable, signature_name, request)
+            inputs = _request_tensors(servable, signature_name, request, self.max_request_bytes)
             outputs = list(servable.signature_defs[signature_name].outputs)
             unknown = sorted(set(request.output_filter) - set(outputs))
             if unknown:
@@ -169,7 +193,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                    f"output_filter names unknown output(s) {unknown}; outputs: {sorted(outputs)}")
             try:
                 result = servable.signatures[signature_name](**inputs)
-            except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+            except (tf.errors.OpError, ValueError, TypeError) as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"model rejected the inputs: {e}")
         except RequestError as e:
             context.abort(e.code, str(e))
@@ -198,14 +222,21 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def start_server(base_dir: str | ModelRepository, port: int = 8500, host: str = "127.0.0.1", max_workers: int = 4):
-    """Starts the PredictionService on host:port (port 0: a free port). Returns (grpc.Server, port)."""
+def start_server(base_dir: str | ModelRepository, port: int = 8500, host: str = "127.0.0.1", max_workers: int = 4,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+    """Starts the PredictionService on host:port (port 0: a free port). Returns (grpc.Server, port).
+    A Predict request over `max_request_bytes` gets RESOURCE_EXHAUSTED naming the limit (gRPC itself
+    refuses messages over twice that)."""
+    if max_request_bytes < 1:
+        raise ValueError(f"--max-request-bytes must be >= 1, got {max_request_bytes}: e.g. {DEFAULT_MAX_REQUEST_BYTES}")
     repository = base_dir if isinstance(base_dir, ModelRepository) else ModelRepository(base_dir)
     for name, model_dir in repository.model_dirs.items():  # load the latest versions now, like TF Serving
         if model_versions(model_dir):
             repository.get(name)
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(repository), server)
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=[("grpc.max_receive_message_length", 2 * max_request_bytes)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(repository, max_request_bytes), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise OSError(f"could not bind {host}:{port}: choose another --port")
