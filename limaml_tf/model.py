@@ -16,7 +16,6 @@ the query mask as sample weight.
 from __future__ import annotations
 
 import collections
-import math
 
 import keras
 import tensorflow as tf
@@ -25,8 +24,7 @@ import limaml_tf
 from limaml_tf import distribute, maml
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.features import FeatureEncoder, FeatureSpec
-from limaml_tf.spec import ArtifactError
-from limaml_tf.tasks import SETS
+from limaml_tf.tasks import SETS, check_saved_version, non_negative_int, non_negative_number
 
 AGGREGATIONS = maml.AGGREGATIONS
 
@@ -100,12 +98,12 @@ class LiMAMLModel(keras.Model):
         if adapt_global_block:
             check_no_batchnorm(global_block, "global block (adapted: adapt_global_block=True)")
         self.encoder = FeatureEncoder(self.spec, name="feature_encoder")
-        self.inner_steps = _count("inner_steps", inner_steps)
-        self.inner_learning_rate = _rate("inner_learning_rate", inner_learning_rate)
+        self.inner_steps = non_negative_int("inner_steps", inner_steps)
+        self.inner_learning_rate = non_negative_number("inner_learning_rate", inner_learning_rate)
         self.first_order, self.adapt_global_block = bool(first_order), bool(adapt_global_block)
-        self.eval_steps = self.inner_steps if eval_steps is None else _count("eval_steps", eval_steps)
+        self.eval_steps = self.inner_steps if eval_steps is None else non_negative_int("eval_steps", eval_steps)
         self.eval_learning_rate = (self.inner_learning_rate if eval_learning_rate is None
-                                   else _rate("eval_learning_rate", eval_learning_rate))
+                                   else non_negative_number("eval_learning_rate", eval_learning_rate))
         if max_tasks_per_chunk is not None and int(max_tasks_per_chunk) < 1:
             raise ValueError(f"max_tasks_per_chunk must be a positive integer or None, got {max_tasks_per_chunk}")
         self.max_tasks_per_chunk = max_tasks_per_chunk
@@ -113,7 +111,7 @@ class LiMAMLModel(keras.Model):
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
         self.support_dropout = float(support_dropout)
-        self.mixed_loss_weight = _rate("mixed_loss_weight", mixed_loss_weight)
+        self.mixed_loss_weight = non_negative_number("mixed_loss_weight", mixed_loss_weight)
         self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
         self._jit_scores = None
         self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
@@ -346,29 +344,7 @@ class LiMAMLModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        _check_version(config.pop("limaml_version", None), cls.__name__)
+        check_saved_version(config.pop("limaml_version", None), cls.__name__)
         config["meta_block"] = keras.saving.deserialize_keras_object(config["meta_block"])
         config["global_block"] = keras.saving.deserialize_keras_object(config["global_block"])
         return cls(**config)
-
-
-def _check_version(saved: str | None, what: str) -> None:
-    """A model saved by another minor version of the package may not load the same way: refuse it.
-    (Files saved before the version was recorded carry none and load as before.)"""
-    if saved is not None and saved.split(".")[:2] != limaml_tf.__version__.split(".")[:2]:
-        raise ArtifactError(f"this {what} was saved by limaml-tf {saved}, this is limaml-tf {limaml_tf.__version__}: "
-                            f"load it with limaml-tf=={saved} (pip install 'limaml-tf=={saved}'), or re-train it "
-                            "with this version")
-
-
-def _count(name, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _rate(name, value) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
