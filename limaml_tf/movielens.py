@@ -22,8 +22,8 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from limaml_tf.features import Feature, FeatureError, FeatureSpec
-from limaml_tf.export import atomic_directory
+from limaml_tf.artifacts import atomic_directory
+from limaml_tf.spec import Feature, FeatureError, FeatureSpec
 
 URLS = {
     "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",

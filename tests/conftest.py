@@ -40,6 +40,16 @@ def synthetic():
     return df, spec.fit(df)
 
 
+def with_id_feature(df, spec):
+    """(df, spec, feature) with the task key copied into a categorical "user_key" meta feature whose
+    vocabulary is the tasks of `df` (the input of an ID meta block)."""
+    keys = tuple(sorted(df[spec.task_key].unique()))
+    feature = lt.Feature("user_key", "categorical", vocabulary=keys)
+    spec = spec.__class__(spec.task_key, spec.timestamp, spec.label, spec.meta_features + (feature,),
+                          spec.other_features)
+    return df.assign(user_key=df[spec.task_key]), spec, feature
+
+
 def tiny_blocks(spec, activation="tanh", output_dim=3):
     meta = lt.MLPMetaBlock(spec.meta_features, output_dim=output_dim, hidden_units=(4,), embedding_dim=2,
                            activation=activation)

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import limaml_tf as lt
-from conftest import tiny_blocks
+from conftest import tiny_blocks, with_id_feature
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -131,12 +131,8 @@ def test_replicas_draw_different_masks(tmp_path):
 
 
 def _id_model(synthetic, **kw):
-    df, spec = synthetic
-    keys = tuple(sorted(df[spec.task_key].unique()))
-    id_feature = lt.Feature("user_key", "categorical", vocabulary=keys)
-    spec = spec.__class__(spec.task_key, spec.timestamp, spec.label, spec.meta_features + (id_feature,),
-                          spec.other_features)
-    df = df.assign(user_key=df[spec.task_key])
+    df, spec, id_feature = with_id_feature(*synthetic)
+    keys = id_feature.vocabulary
     model = lt.LiMAMLModel(lt.IDEmbeddingMetaBlock(id_feature, output_dim=3),
                            lt.MLPGlobalBlock(spec.other_features, hidden_units=(8,)), spec,
                            inner_learning_rate=0.5, **kw)

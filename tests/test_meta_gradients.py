@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import limaml_tf as lt
-from conftest import tiny_blocks
+from conftest import tiny_blocks, with_id_feature
 
 
 def _bce(y, logits):
@@ -124,14 +124,11 @@ def test_meta_sgd_matches_per_task_loop(synthetic, steps):
 
 def test_meta_sgd_with_an_id_block(synthetic):
     """The learned rates of a `TaskParameterizedMetaBlock` are shaped like one task's parameters (a row)."""
-    df, spec = synthetic
-    user = lt.Feature("user_key", "categorical", vocabulary=tuple(sorted(df[spec.task_key].unique())))
-    spec = spec.__class__(spec.task_key, spec.timestamp, spec.label, spec.meta_features + (user,),
-                          spec.other_features)
+    df, spec, user = with_id_feature(*synthetic)
     model = lt.LiMAMLModel(lt.IDEmbeddingMetaBlock(user, output_dim=3), tiny_blocks(spec)[1], spec,
                            learn_inner_learning_rate=True)
     assert [tuple(r.shape) for r in model.inner_rates] == [(3,)]
-    bundle = next(lt.split_tasks(df.assign(user_key=df[spec.task_key]), spec, max_samples_per_task=12).batches(4))
+    bundle = next(lt.split_tasks(df, spec, max_samples_per_task=12).batches(4))
     loss, grads, _, _ = model.compute_gradients(bundle)
     assert np.isfinite(float(loss)) and float(tf.reduce_max(tf.abs(grads[-1]))) > 0
 

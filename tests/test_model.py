@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import limaml_tf as lt
-from conftest import tiny_blocks
+from conftest import tiny_blocks, with_id_feature
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +132,8 @@ def test_user_blocks_work_and_get_meta_gradients(tasks):
 
 
 def test_id_embedding_block_adapts_only_its_row(synthetic):
-    df, spec = synthetic
-    keys = tuple(sorted(df[spec.task_key].unique()))
-    id_feature = lt.Feature("user_key", "categorical", vocabulary=keys)
-    spec = spec.__class__(spec.task_key, spec.timestamp, spec.label, spec.meta_features + (id_feature,),
-                          spec.other_features)
-    df = df.assign(user_key=df[spec.task_key])
+    df, spec, id_feature = with_id_feature(*synthetic)
+    keys = id_feature.vocabulary
     model = lt.LiMAMLModel(lt.IDEmbeddingMetaBlock(id_feature, output_dim=3),
                            lt.MLPGlobalBlock(spec.other_features, hidden_units=(8,)), spec, inner_learning_rate=0.5)
     ts = lt.split_tasks(df, spec, max_samples_per_task=12)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -27,8 +29,23 @@ def pvalue(p: float) -> str:
 
 def savefig(fig, path: str) -> None:
     """Writes a figure atomically (temp file, then rename)."""
-    import os
-
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+
+
+def plot_learning_curves(runs: list[dict], outdir: str) -> str:
+    """learning_curves.png: each model's training loss per epoch, mean over seeds; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m in runs[0]["curves"]:
+        curves = np.array([r["curves"][m] for r in runs])
+        ax.plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=m)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (query loss for meta learning)")
+    ax.set_title("Learning curves (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    savefig(fig, os.path.join(outdir, "learning_curves.png"))
+    return "learning_curves.png"

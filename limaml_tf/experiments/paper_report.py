@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from limaml_tf.experiments.markdown import plot_learning_curves, savefig
 from limaml_tf.experiments.paper_tables import PAPER_T3, PAPER_T9, SLICES, SUPPORT, TABLE3, TABLE4, Config
 from limaml_tf.model import AGGREGATIONS
 
@@ -127,32 +128,16 @@ def plot(runs: list[dict], outdir: str) -> list[str]:
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     names.append("auc_gain_by_slice.png")
-    _savefig(fig, os.path.join(outdir, names[-1]))
+    savefig(fig, os.path.join(outdir, names[-1]))
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for m in runs[0]["curves"]:
-        curves = np.array([r["curves"][m] for r in runs])
-        ax.plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=m)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (query loss for meta learning)")
-    ax.set_title("Learning curves (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    names.append("learning_curves.png")
-    _savefig(fig, os.path.join(outdir, names[-1]))
+    names.append(plot_learning_curves(runs, outdir))
     plt.close("all")
     return names
 
 
-def _savefig(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
 def write_report(runs: list[dict], cfg: Config, data_summary: dict, outdir: str, commands: list[str]) -> str:
     """report.md + results.json + plots, written atomically to `outdir`."""
-    from limaml_tf.export import atomic_directory
+    from limaml_tf.artifacts import atomic_directory
 
     with atomic_directory(outdir) as tmp:
         plots = plot(runs, tmp)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from limaml_tf.experiments import metrics as M
-from limaml_tf.experiments.markdown import fmt, pvalue, savefig, table
+from limaml_tf.experiments.markdown import fmt, plot_learning_curves, pvalue, savefig, table
 from limaml_tf.experiments.models import TARGET
 from limaml_tf.experiments.stats import paired_over_seeds, per_user_tests
 
@@ -152,24 +152,14 @@ def plot(runs: list[dict], outdir: str) -> list[str]:
         fig.tight_layout()
         names.append("auc_vs_k.png")
         savefig(fig, os.path.join(outdir, names[-1]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for m in runs[0]["curves"]:
-        curves = np.array([r["curves"][m] for r in runs])
-        ax.plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=m)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (query loss for meta learning)")
-    ax.set_title("Learning curves (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    names.append("learning_curves.png")
-    savefig(fig, os.path.join(outdir, names[-1]))
+    names.append(plot_learning_curves(runs, outdir))
     plt.close("all")
     return names
 
 
 def write_report(runs: list[dict], cfg, outdir: str, commands: list[str]) -> str:
     """report.md + results.json + plots in `outdir`, replaced atomically."""
-    from limaml_tf.export import atomic_directory
+    from limaml_tf.artifacts import atomic_directory
 
     with atomic_directory(outdir) as tmp:
         plots = plot(runs, tmp)
