@@ -111,3 +111,63 @@ def test_tiny_few_shot_run_through_the_cli_and_merge(tmp_path):
     merged = json.loads((tmp_path / "all" / "results.json").read_text())
     assert [r["seed"] for r in merged["runs"]] == [0, 1]
     assert "seed 1: " in (tmp_path / "all" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory):
+    from limaml_tf.experiments.protocols import make_split
+    from limaml_tf.movielens import load_tasks_frame
+
+    data = write_ml100k(tmp_path_factory.mktemp("ml"), extra_users=20, ratings_per_user=12)
+    cfg = Config.quick(support_sizes=(3,), epochs=3, tasks_per_batch=8, ft_steps=(1,), ft_learning_rates=(0.1,))
+    return cfg, make_split("few-shot", load_tasks_frame("ml-100k", str(data)), 0, cfg)
+
+
+def _read(block):
+    return {f.name for f in block.inputs_layer.features}
+
+
+def test_history_and_item_aware_options_choose_what_the_blocks_read(tiny_split):
+    from limaml_tf.experiments.models import build
+
+    cfg, split = tiny_split
+    plain = build("limaml", split.spec, cfg)
+    assert {"hist_pos_rate", "gender"} <= _read(plain.meta_block) and "movie_id" not in _read(plain.meta_block)
+    assert {"genre_affinity", "hist_pos_rate", "movie_id"} <= _read(plain.global_block)
+    # the control: no block reads anything computed from the user's past labels
+    for block in (lambda m: m.meta_block, lambda m: m.global_block):
+        read = _read(block(build("vanilla", split.spec, cfg, history=False)))
+        assert not any(n.startswith("hist_") or n == "genre_affinity" for n in read)
+    item = build("limaml", split.spec, cfg, item_aware=True)
+    assert {"movie_id", "genres", "release_year", "genre_affinity", "hist_pos_rate"} <= _read(item.meta_block)
+    assert _read(item.global_block) == _read(plain.global_block)
+
+
+def test_warm_start_trains_the_blocks_as_a_plain_model_within_the_budget(tiny_split, monkeypatch):
+    import numpy as np
+
+    from limaml_tf.experiments import runner
+
+    cfg, split = tiny_split
+    fitted, real_fit = [], runner.fit
+
+    class Trained(Exception):
+        pass
+
+    def fit(model, *args, epochs=None, **kwargs):
+        fitted.append((type(model).__name__, epochs))
+        if type(model).__name__ != "VanillaModel":
+            raise Trained(model)  # the meta-training itself is not needed here
+        real_fit(model, *args, epochs=epochs, **kwargs)
+        fitted.append([w.copy() for w in model.meta_block.get_weights() + model.global_block.get_weights()])
+
+    monkeypatch.setattr(runner, "fit", fit)
+    with pytest.raises(Trained) as stopped:
+        runner._train_and_tune(parse_variant("W=limaml:warm_start=1,mixed_loss_weight=1.0"), split, cfg, 0, 0,
+                               lambda *_: None)
+    model = stopped.value.args[0]
+    assert fitted[0] == ("VanillaModel", 1) and fitted[2] == ("LiMAMLModel", 2)  # 1 + 2 = the 3-epoch budget
+    for copied, trained in zip(model.meta_block.get_weights() + model.global_block.get_weights(), fitted[1]):
+        np.testing.assert_array_equal(copied, trained)
+    with pytest.raises(ValueError, match="warm_start=3 needs"):
+        runner._train_and_tune(parse_variant("W=limaml:warm_start=3"), split, cfg, 0, 0, lambda *_: None)

@@ -10,7 +10,11 @@ Kinds (same features, same global block everywhere; DESIGN.md §1):
 * ``limaml_id`` — LiMAML with the ID-embedding meta block.
 
 `options` are keyword overrides: ``dropout`` (every hidden layer of both blocks), ``learning_rate``
-(β), ``meta_dim`` / ``meta_hidden`` / ``global_hidden`` (sizes); anything else goes to the model's
+(β), ``meta_dim`` / ``meta_hidden`` / ``global_hidden`` (sizes), ``history=False`` (no model reads
+the history features: the control where adaptation is the only way to use the support),
+``item_aware=True`` (the MLP meta block also reads the candidate item's features, so an adapted meta
+block can re-rank items, not only shift the user's bias), ``warm_start=E`` (handled by the runner: the
+first E epochs of the budget train the same blocks as a vanilla model); anything else goes to the model's
 constructor (``inner_learning_rate``, ``inner_steps``, ``support_dropout``, ``first_order``, or an
 option a newer `LiMAMLModel` adds), so a new variant needs no change to the runner: a `Variant`
 names a kind and its options.
@@ -30,7 +34,9 @@ from limaml_tf.movielens import mlp_meta_features
 from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
-BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate")
+BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware")
+ITEM_FEATURES = ("movie_id", "genres", "release_year", "genre_affinity")  # what `item_aware` adds
+HISTORY_FEATURES = ("genre_affinity",)  # besides the meta features named hist_* (user x item history)
 
 
 @keras.saving.register_keras_serializable("limaml_tf_experiments")
@@ -122,6 +128,19 @@ def _check_model_options(cls, options: dict):
                          f"{list(BLOCK_OPTIONS)} handled by the factory)")
 
 
+def _is_history(feature) -> bool:
+    return feature.name.startswith("hist_") or feature.name in HISTORY_FEATURES
+
+
+def block_features(spec, history: bool = True, item_aware: bool = False):
+    """(MLP meta block's features, global block's features). The global block also reads the (non-ID)
+    meta features, so every model sees the same information whatever its meta block."""
+    keep = lambda feats: tuple(f for f in feats if history or not _is_history(f))  # noqa: E731
+    user = keep(mlp_meta_features(spec))
+    items = keep(f for f in spec.other_features if f.name in ITEM_FEATURES) if item_aware else ()
+    return user + items, keep(spec.other_features) + user
+
+
 def build(kind: str, spec, cfg, **options):
     """A compiled model of `kind` (see module docstring); `cfg` gives the defaults (sizes, α, n, β)."""
     if kind not in KINDS:
@@ -130,16 +149,15 @@ def build(kind: str, spec, cfg, **options):
     dropout = float(options.pop("dropout", 0.0))
     meta_dim, meta_hidden, global_hidden, beta = (get(k) for k in ("meta_dim", "meta_hidden", "global_hidden",
                                                                     "learning_rate"))
+    meta_features, global_features = block_features(spec, bool(options.pop("history", True)),
+                                                    bool(options.pop("item_aware", False)))
     if kind in ("wd_id", "limaml_id"):
         meta = IDEmbeddingMetaBlock(spec.feature("user_id"), output_dim=meta_dim)
     elif dropout:
-        meta = DropoutMLPMetaBlock(mlp_meta_features(spec), dropout=dropout, output_dim=meta_dim,
-                                   hidden_units=meta_hidden)
+        meta = DropoutMLPMetaBlock(meta_features, dropout=dropout, output_dim=meta_dim, hidden_units=meta_hidden)
     else:
-        meta = MLPMetaBlock(mlp_meta_features(spec), output_dim=meta_dim, hidden_units=meta_hidden)
-    # The global block also reads the (non-ID) meta features: every model sees the same information.
-    glob = MLPGlobalBlock(spec.other_features + mlp_meta_features(spec), hidden_units=global_hidden,
-                          dropout=dropout)
+        meta = MLPMetaBlock(meta_features, output_dim=meta_dim, hidden_units=meta_hidden)
+    glob = MLPGlobalBlock(global_features, hidden_units=global_hidden, dropout=dropout)
     alpha = options.pop("inner_learning_rate", cfg.inner_learning_rate)
     common = dict(eval_steps=options.pop("eval_steps", getattr(cfg, "eval_steps", 1)), eval_learning_rate=alpha)
     cls = VanillaModel if kind in ("vanilla", "wd_id") else LiMAMLModel

@@ -15,7 +15,7 @@ import os
 import keras
 import pandas as pd
 
-from limaml_tf.experiments.models import TARGET, build, parse_variant, variants_for
+from limaml_tf.experiments.models import BLOCK_OPTIONS, TARGET, build, parse_variant, variants_for
 from limaml_tf.experiments.protocols import PROTOCOLS, make_split
 from limaml_tf.experiments.stats import best_baseline
 from limaml_tf.experiments.tuning import choose, fine_tune_grid, fit, score_test, tune
@@ -86,11 +86,32 @@ def load_frame(cfg: Config) -> pd.DataFrame:
     return load_tasks_frame(cfg.dataset, cfg.data_path)
 
 
-def _train_and_tune(variant, split, cfg: Config, seed: int, verbose: int, log):
+WARM_START_KIND = {"limaml": "vanilla", "maml": "vanilla", "limaml_id": "wd_id"}
+
+
+def _warm_start(model, variant, split, cfg: Config, seed: int, epochs: int, verbose: int, log):
+    """Trains the variant's blocks as a plain model for `epochs`, then copies them into `model`."""
+    if variant.kind not in WARM_START_KIND or not 0 < epochs < cfg.epochs:
+        raise ValueError(f"variant {variant.name!r}: warm_start={epochs} needs a meta-learned kind "
+                         f"({sorted(WARM_START_KIND)}) and 0 < warm_start < epochs ({cfg.epochs})")
     keras.utils.set_random_seed(seed)
-    model = build(variant.kind, split.spec, cfg, **variant.kwargs)
+    plain = build(WARM_START_KIND[variant.kind], split.spec, cfg,
+                  **{k: v for k, v in variant.kwargs.items() if k in BLOCK_OPTIONS})
+    log(f"[seed {seed}]   warm start: {epochs} epochs as {WARM_START_KIND[variant.kind]}")
+    fit(plain, split.train, cfg, seed, verbose, epochs=epochs)
+    model.meta_block.set_weights(plain.meta_block.get_weights())
+    model.global_block.set_weights(plain.global_block.get_weights())
+
+
+def _train_and_tune(variant, split, cfg: Config, seed: int, verbose: int, log):
+    options = variant.kwargs
+    warm = int(options.pop("warm_start", 0))
+    keras.utils.set_random_seed(seed)
+    model = build(variant.kind, split.spec, cfg, **options)
     log(f"[seed {seed}] training {variant.name} ({cfg.epochs} epochs)")
-    snaps, curve = fit(model, split.train, cfg, seed, verbose)
+    if warm:  # the same budget: the first `warm` epochs are the plain model's
+        _warm_start(model, variant, split, cfg, seed, warm, verbose, log)
+    snaps, curve = fit(model, split.train, cfg, seed, verbose, epochs=cfg.epochs - warm)
     log(f"[seed {seed}]   {variant.name}: {snaps.seconds_per_epoch():.1f}s/epoch, final loss {curve[-1]:.4f}")
     grid = fine_tune_grid(variant, cfg, model)
     records = tune(model, snaps, split.validation, grid, cfg, log)
