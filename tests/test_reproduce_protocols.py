@@ -65,6 +65,7 @@ def test_cli_options():
     extra = cfg.variant_list[-1]
     assert extra.name == "LiMAML-mixed" and extra.kwargs == {"mixed_loss_weight": 0.5, "first_order": True}
     assert parse_variant("Tuned!=vanilla:learning_rate=0.001").baseline
+    assert parse_variant("W=limaml:meta_hidden=(64, 32),meta_dim=16").kwargs == {"meta_hidden": (64, 32), "meta_dim": 16}
     with pytest.raises(ValueError, match="time protocol"):
         main(build_parser().parse_args(["reproduce", "--protocol", "user-cold", "--tables", "3"]))
     with pytest.raises(ValueError, match="unknown kind"):

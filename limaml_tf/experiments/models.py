@@ -90,15 +90,27 @@ DEFAULT_VARIANTS = (
 TARGET = "LiMAML+FT"  # the row the paired test compares with the best baseline
 
 
+def _top_level_split(text: str, sep: str = ",") -> list[str]:
+    """`text` split at the `sep`s outside brackets: "a=1,b=(64, 32)" -> ["a=1", "b=(64, 32)"]."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def parse_variant(text: str) -> Variant:
     """"NAME=KIND[:key=value,...]" (values are Python literals, else strings), e.g.
-    "LiMAML-mixed=limaml:mixed_loss_weight=0.5"; a trailing "!" on NAME marks a baseline."""
+    "LiMAML-mixed=limaml:mixed_loss_weight=0.5" or "wide=limaml:meta_hidden=(64, 32)"; a trailing "!" on
+    NAME marks a baseline."""
     name, _, rest = text.partition("=")
     kind, _, opts = rest.partition(":")
     if not name or not kind:
         raise ValueError(f"--variant {text!r}: expected NAME=KIND[:key=value,...]")
     options = []
-    for item in filter(None, opts.split(",")):
+    for item in filter(None, _top_level_split(opts)):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--variant {text!r}: option {item!r} is not key=value")
