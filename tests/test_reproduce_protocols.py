@@ -172,3 +172,28 @@ def test_warm_start_trains_the_blocks_as_a_plain_model_within_the_budget(tiny_sp
         np.testing.assert_array_equal(copied, trained)
     with pytest.raises(ValueError, match="warm_start=3 needs"):
         runner._train_and_tune(parse_variant("W=limaml:warm_start=3"), split, cfg, 0, 0, lambda *_: None)
+
+
+def test_compare_variants_on_validation_users_only(tmp_path):
+    from limaml_tf.cli import main
+
+    dirs = []
+    for name, val in (("a", {"LiMAML+FT": 0.66}), ("b", {"LiMAML+FT": 0.62})):
+        runs = []
+        for seed in (0, 1):
+            run = _fake_run(seed, 0.70, 0.99)  # test numbers must not matter
+            chosen = run["chosen"]["K=5"]
+            row = {"a": "mixed+FT", "b": "item+FT"}[name]
+            chosen[row] = dict(chosen.pop("LiMAML+FT"), row=row, val_auc=val["LiMAML+FT"] + 0.01 * seed)
+            runs.append(run)
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"protocol": "few-shot", "config": {"protocol": "few-shot"},
+                                                    "runs": runs}))
+        dirs.append(str(d))
+    assert main(["reproduce", "--compare", *dirs, "--out", str(tmp_path / "cmp")]) == 0
+    text = (tmp_path / "cmp" / "validation.md").read_text()
+    # best baseline on validation: vanilla+FT at 0.65 in every seed
+    assert _row(text, "mixed+FT")[1:] == ["0.6650 ± 0.0071", "+0.0150 ± 0.0071", "2/2"]
+    assert _row(text, "item+FT")[1:] == ["0.6250 ± 0.0071", "-0.0250 ± 0.0071", "0/2"]
+    assert text.index("| mixed+FT |") < text.index("| vanilla+FT |") < text.index("| item+FT |")

@@ -5,6 +5,7 @@
     limaml reproduce --protocol time --data-path ../shared/data/ml-100k           # models table + Tables 3/4/9/14
     limaml reproduce --protocol few-shot --sensitivity 10 12 13 --models vanilla  # Tables 10/12/13 only
     limaml reproduce --merge runs/s0 runs/s1 --out runs/all                        # one report from per-seed runs
+    limaml reproduce --compare runs/a/seed0 runs/b/seed0 --out runs/variants       # variants on validation users
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def _add_paper_args(p):
     p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (2: a line per epoch, 0: none)")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="no training: one report from the results.json of runs made separately (e.g. per seed)")
+    p.add_argument("--compare", nargs="+", metavar="DIR",
+                   help="no training: validation-users table of every variant of runs of one protocol that "
+                        "trained different variants (validation.md in --out)")
 
 
 def add_parser(sub):
@@ -150,6 +154,11 @@ def main(a) -> int:
     command = command_line(a)
     if a.merge:
         return _merge(a, command)
+    if a.compare:
+        from limaml_tf.experiments.candidates import write
+
+        print(f"[report] {write(a.compare, a.out or 'runs/reproduce-compare', command)}")
+        return 0
     default = ("models", *PAPER_TABLES) if a.protocol == "time" else ("models",)
     tables = tuple(a.tables or default)
     paper = tuple(t for t in tables if t in PAPER_TABLES)
