@@ -262,21 +262,32 @@ def resolve_adapter(path: str, aggregation: str | None = None) -> str:
 
 # -- TF Serving's model_config_list ------------------------------------------------------------
 
-def write_models_config(base_dir: str, model_name: str, serving_root: str = "/models") -> str:
-    """Adds (or keeps) `model_name` in `<base_dir>/models.config`, the model_config_list that
+def write_models_config(base_dir: str, model_name: str, serving_root: str = "/models",
+                        versions: list[int] | None = None, labels: dict[str, int] | None = None) -> str:
+    """Adds `model_name` to `<base_dir>/models.config`, the model_config_list that
     `tensorflow_model_server --model_config_file` reads; base paths point at `serving_root`, where the
-    container mounts `base_dir`. Written atomically."""
+    container mounts `base_dir`. A new entry serves the latest version; an existing one keeps its version
+    policy and labels unless `versions` (served versions: policy `specific`) or `labels` (e.g.
+    {"stable": 1, "canary": 2}) are given. Written atomically."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     path = os.path.join(base_dir, MODELS_CONFIG)
     config = read_models_config(base_dir) or model_server_config_pb2.ModelServerConfig()
     entries = config.model_config_list.config
-    entry = next((c for c in entries if c.name == model_name), None) or entries.add()
+    entry = next((c for c in entries if c.name == model_name), None)
+    if entry is None:
+        entry = entries.add()
+        entry.model_version_policy.latest.num_versions = 1
     entry.name = model_name
     entry.base_path = f"{serving_root.rstrip('/')}/{model_name}"
     entry.model_platform = "tensorflow"
-    entry.model_version_policy.latest.num_versions = 1
+    if versions is not None:
+        entry.model_version_policy.specific.ClearField("versions")
+        entry.model_version_policy.specific.versions.extend(int(v) for v in versions)
+    if labels is not None:
+        entry.version_labels.clear()
+        entry.version_labels.update({str(k): int(v) for k, v in labels.items()})
     return atomic_write_text(path, text_format.MessageToString(config))
 
 
