@@ -8,7 +8,7 @@ for what our users rely on:
 * models come from a `model_config_list` (models.config: name, base path, version policy `latest` /
   `all` / `specific`, version labels such as `stable` / `canary`), or, without one, every subdirectory
   holding integer versions (latest version each);
-* the aspired versions are loaded before they serve; `refresh()` (the poller: `file_system_poll_wait`
+* the aspired versions are loaded (and warmed up with the export's warm-up requests) before they serve; `refresh()` (the poller: `file_system_poll_wait`
   for new version directories, `config_poll_wait` to re-read the config file) loads new ones, then
   unloads those no longer aspired; a request that already holds a version finishes on it;
 * routing by model name and version number or label (none: the latest loaded), signature by name;
@@ -34,10 +34,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from limaml_tf.artifacts import MODELS_CONFIG, SERVING_SIGNATURE, model_versions, read_models_config
+from limaml_tf.artifacts import (EXTRA_DIR, MODELS_CONFIG, SERVING_SIGNATURE, WARMUP_FILE, model_versions,
+                                read_models_config)
 
 log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -65,7 +67,14 @@ def _load(name: str, version: int, path: str) -> Servable:
     graph = next(g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags)
     defs = {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
     loaded = tf.saved_model.load(path, tags=["serve"])
-    return Servable(name, version, path, dict(loaded.signatures), defs)
+    servable = Servable(name, version, path, dict(loaded.signatures), defs)
+    warmup = os.path.join(path, EXTRA_DIR, WARMUP_FILE)
+    if os.path.exists(warmup):  # as TF Serving does: the first real requests do not pay for tracing
+        for record in tf.data.TFRecordDataset(warmup).as_numpy_iterator():
+            request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+            signature = request.model_spec.signature_name or SERVING_SIGNATURE
+            servable.signatures[signature](**_request_tensors(servable, signature, request))
+    return servable
 
 
 @dataclasses.dataclass(frozen=True)
