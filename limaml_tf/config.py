@@ -89,6 +89,8 @@ def load(path: str, overrides: dict | None = None) -> TrainConfig:
         section, field = key.split(".")
         if value is not None:
             merged[section][field] = value
+    if (overrides or {}).get("data.path"):  # a file given on the command line replaces generated data
+        merged["data"]["synthetic"] = None
     config = TrainConfig(path, **merged)
     _check(config)
     return config
@@ -97,8 +99,8 @@ def load(path: str, overrides: dict | None = None) -> TrainConfig:
 def _check(c: TrainConfig) -> None:
     d = c.data
     sources = [k for k in ("movielens", "synthetic") if d[k]]
-    if len(sources) > 1 or (not sources and not d["path"]):
-        raise ConfigError(f"{c.where('data')}: give data.path (a Parquet / CSV file or directory), or "
+    if len(sources) > 1 or (not sources and not d["path"]) or (d["synthetic"] and d["path"]):
+        raise ConfigError(f"{c.where('data')}: give one of data.path (a Parquet / CSV file or directory), "
                           "data.movielens with data.path, or data.synthetic (see examples/)")
     if d["movielens"] and not d["path"]:
         raise ConfigError(f"{c.where('data', 'path')}: give the directory of the unzipped MovieLens archive "

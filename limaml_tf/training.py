@@ -14,6 +14,7 @@ all-reduced once per step (see `LiMAMLModel.train_step`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -152,13 +153,23 @@ def fit(model, dataset, epochs: int, backup_dir: str | None = None, log_dir: str
         cbs.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
     if not verbose:
         cbs.append(EpochProgress(f"[train] {model.name}"))
-    return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False, callbacks=cbs + list(callbacks))
+    with keras_saving_warning_filtered():  # the backup saves weights every epoch
+        return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False, callbacks=cbs + list(callbacks))
+
+
+@contextlib.contextmanager
+def keras_saving_warning_filtered():
+    """Saving a Keras 3.15 model's weights under NumPy 2 warns about Keras' own variables (their
+    `__array__` lacks the `copy` keyword, keras-team/keras#21288): not about the caller's code, so
+    filtered where this package saves (backups, .keras files)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning)
+        yield
 
 
 def save_model(model, path: str) -> str:
     """`model.save(path)` (a .keras file) through a temp file and a rename: a crash never leaves a cut
-    .keras file. Saving a Keras 3.15 model under NumPy 2 warns about Keras' own variables (their
-    `__array__` lacks the `copy` keyword, keras-team/keras#21288); that warning is filtered here."""
+    .keras file (and without Keras' NumPy 2 warning, see `keras_saving_warning_filtered`)."""
     from limaml_tf.artifacts import temp_prefix, output_errors, remove_stale
 
     parent = os.path.dirname(os.path.abspath(path))
@@ -168,9 +179,7 @@ def save_model(model, path: str) -> str:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".keras", dir=parent)
         os.close(fd)
     try:
-        with warnings.catch_warnings(), output_errors(path):
-            warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword",
-                                    DeprecationWarning)
+        with keras_saving_warning_filtered(), output_errors(path):
             model.save(tmp)
             os.replace(tmp, path)
     finally:

@@ -409,7 +409,34 @@ def _cases():
         C("cli_reproduce_tables_protocol", cli_, "limaml reproduce --protocol few-shot --tables 3",
           lambda c: cli(["reproduce", "--protocol", "few-shot", "--tables", "3"]), CLIError, "--tables 3",
           "only 'models'"),
+        C("cli_train_missing_config", cli_, "limaml train --config a file that does not exist",
+          lambda c: cli(["train", "--config", str(c.tmp / "none.yaml")]), CLIError, "--config", "give a YAML file"),
+        C("cli_train_config_not_yaml", cli_, "limaml train --config a file that is not YAML",
+          lambda c: _train_config(c, "data: [unclosed\n"), CLIError, "is not valid YAML", "fix the syntax"),
+        C("cli_train_config_unknown_key", cli_, "a train config with an unknown key (training.epoch)",
+          lambda c: _train_config(c, "data: {path: x.csv}\ntraining: {epoch: 3}\n"), CLIError,
+          "training.epoch", "training takes"),
+        C("cli_train_config_block_type", cli_, "a train config naming an unknown block type",
+          lambda c: _train_config(c, "data: {path: x.csv}\nfeatures: movielens\nmodel: {meta_block: {type: rnn}}\n"),
+          CLIError, "model.meta_block.type", "use one of"),
+        C("cli_train_missing_data", cli_, "limaml train --data-path a file that does not exist",
+          lambda c: _train_config(c, _SPEC_YAML, "--data-path", str(c.tmp / "none.csv")), CLIError,
+          "data.path", "give a Parquet or CSV file"),
+        C("cli_evaluate_missing_model", cli_, "limaml evaluate a .keras file that does not exist",
+          lambda c: cli(["evaluate", str(c.tmp / "none.keras"), "--data", "x.csv"]), CLIError, "none.keras",
+          "give a .keras file"),
     ]
+
+
+_SPEC_YAML = """features: {task_key: u, timestamp: t, label: y, meta_features: [], other_features: [{name: x, kind: numeric}]}
+data: {path: x.csv}
+"""
+
+
+def _train_config(ctx, text: str, *flags) -> None:
+    path = ctx.tmp / "config.yaml"
+    path.write_text(text)
+    cli(["train", "--config", str(path), "--out", str(ctx.tmp / "train_out"), *flags])
 
 
 CASES = _cases()
