@@ -463,7 +463,28 @@ def render() -> str:
         if c.status:
             error = f"gRPC `{c.status}`"
         lines.append(f"| {i} | {c.area} | {cell(c.bad_input)} | {error} | {cell(c.field)} | {cell(c.fix)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", CRASH_SAFETY]) + "\n"
+
+
+CRASH_SAFETY = """## Crash safety
+
+What is written is never seen half-written, and a killed writer is recovered by the next run:
+
+| artifact | how it is written | after a kill |
+|---|---|---|
+| serving export `saved_models/<name>/<v>/`, adapter, refresh run `runs/as_of=.../` | in a hidden temp directory `.<name>.tmp-<pid>-*` beside it, renamed into place (an existing directory is swapped out in one `renameat2(RENAME_EXCHANGE)`) | TF Serving, `limaml serve` and the readers ignore the hidden directory; the next writer in that directory removes temp files of processes that no longer run |
+| `models.config`, `embedding_store.json`, `metrics.json` | temp file + `os.replace` | the previous file |
+| Feast registry | `feast apply` on a copy, renamed into place (Feast itself rewrites the file in place) | the previous registry |
+| Feast online rows | SQLite transactions per chunk, after the run is committed | each row is a committed run's; the store's state still names the previous run; the next refresh rewrites them |
+| `model.keras` (`limaml train`, `training.save_model`) | temp file + rename | the previous file |
+| training | `keras.callbacks.BackupAndRestore` in `<out>/backup` (two copies) | the same command resumes at the last completed epoch |
+
+`tests/test_crash_safety.py` kills (SIGKILL) an export + refresh + publish at the k-th file-system write of
+the run, k drawn from seeds 11, 6 and 3 (writes 6: inside the export; 19: inside the refresh, before its run
+is committed; 34: inside the publish to Feast), and checks that serving still reads the previous committed
+version and embeddings, that no partial directory is visible, and that the next run succeeds and leaves no
+temp file; it kills `limaml train --config examples/synthetic.yaml` after its first backup (seed 11) and
+checks the same command resumes from it (`tests/background_runs.py` runs them)."""
 
 
 if __name__ == "__main__":
