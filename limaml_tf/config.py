@@ -110,6 +110,9 @@ def _check(c: TrainConfig) -> None:
     if c.features is None and not d["synthetic"]:
         raise ConfigError(f"{c.where('features')} is missing: describe the columns (task_key, timestamp, label, "
                           "meta_features, other_features; see examples/synthetic.yaml) or use 'movielens'")
+    if d["movielens"] and c.features not in (None, "movielens"):
+        raise ConfigError(f"{c.where('features')}: MovieLens data has its features built in: write "
+                          "`features: movielens`")
     if isinstance(c.features, str) and c.features != "movielens":
         raise ConfigError(f"{c.where('features')} is {c.features!r}: give the feature spec as a mapping, or "
                           "'movielens' (built in)")
@@ -258,8 +261,7 @@ def build_model(c: TrainConfig, spec: FeatureSpec, total_steps: int):
                               "reads (e.g. user_id)")
         fixed = {"feature": spec.feature(name)}
     else:
-        default = tuple(f for f in spec.meta_features if f.name != "user_id" or c.data["movielens"] is None)
-        fixed = {"features": _features(spec, meta.pop("features", None), default, f"{meta_where}.features")}
+        fixed = {"features": _features(spec, meta.pop("features", None), spec.meta_features, f"{meta_where}.features")}
     meta_block = _block(getattr(blocks, meta_cls), meta, meta_where, **fixed)
     glob_where = c.where("model", "global_block")
     glob_cls = getattr(blocks, GLOBAL_BLOCKS[glob_.pop("type", "mlp")])
