@@ -58,8 +58,8 @@ def load_test(target: str, request, clients: int = 8, per_client: int = 2000, de
     """`clients` threads, each with its own channel, send `per_client` copies of `request` (Predict) to
     `target` as fast as answers come. Once half of all requests are answered, `deploy()` runs (e.g. a
     new version directory renamed into place) and `deployed()` is polled until it is true (e.g. the old
-    version unloaded): requests started in between are "during the reload"; clients keep sending until it
-    is over (or `timeout` passed), so some always are. Returns errors (by status
+    version unloaded): requests started in between are "during the reload"; each client keeps sending
+    until one of its requests starts after it is over (or `timeout` passed). Returns errors (by status
     code), p50 / p99 latency (ms) overall and during the reload, and the versions that answered.
     Each client first sends `warmup` requests that are not counted (channel set-up)."""
     import grpc
@@ -75,9 +75,10 @@ def load_test(target: str, request, clients: int = 8, per_client: int = 2000, de
             for _ in range(warmup):
                 stub.Predict(request, timeout=timeout)
             ready.wait()
-            sent = 0
-            while sent < per_client or (deploy is not None and not done.is_set()):
+            sent = after = 0  # after: requests started once the reload was over (each client sends one)
+            while sent < per_client or (deploy is not None and not after):
                 sent += 1
+                after += done.is_set()
                 start = time.perf_counter()
                 try:
                     answer = f"version {stub.Predict(request, timeout=timeout).model_spec.version.value}"

@@ -244,6 +244,22 @@ def test_short_load_with_a_version_deployed_halfway(exports, tmp_path):
     assert np.isfinite(out["all"]["p99_ms"])
 
 
+def test_a_version_that_fails_to_load_is_reported_and_the_served_one_stays(exports, tmp_path):
+    _, spec, df = exports
+    base = tmp_path / "saved_models"
+    (base / "ranker").mkdir(parents=True)
+    deploy(exports, base, 1)
+    server, port = start_server(str(base), port=0, file_system_poll_wait=0)
+    try:
+        (base / "ranker" / "2").mkdir()
+        (base / "ranker" / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        server.repository.refresh()
+        assert server.repository.status[("ranker", 2)][0] == State.END and server.repository.status[("ranker", 2)][1]
+        assert server.repository.get("ranker").version == 1  # still served
+    finally:
+        server.stop(0)
+
+
 def test_version_policy():
     from limaml_tf.serving.server import aspired
 

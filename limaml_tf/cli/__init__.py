@@ -90,6 +90,7 @@ class Console:
         except (AttributeError, OSError, ValueError):
             Console.stream = sys.stderr
         fd, self.path = tempfile.mkstemp(prefix="limaml-", suffix=".log")  # until the command names its log
+        self.temporary = True
         os.dup2(fd, 2)
         os.close(fd)
 
@@ -106,12 +107,14 @@ class Console:
         os.dup2(fd, 2)
         os.close(fd)
         os.remove(self.path)
-        self.path = path
+        self.path, self.temporary = path, False
 
     def close(self) -> None:
         sys.stderr.flush()
         os.dup2(self.saved, 2)
         os.close(self.saved)
+        if self.temporary:  # the command never ran (a usage error)
+            os.remove(self.path)
         if Console.stream is not sys.stderr:
             Console.stream.close()
         Console.stream = None

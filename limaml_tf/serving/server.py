@@ -171,8 +171,12 @@ class ModelRepository:
                 loaded = {}
                 for version in aspired(entry, model_versions(directory)):
                     servable = old.versions.get(version) if old else None
+                    if servable is None and self.status.get((name, version), (0, ""))[1]:
+                        continue  # failed to load before (versions do not change): not retried every poll
                     loaded[version] = servable or self._load(name, version, os.path.join(directory, str(version)))
                 loaded = {v: s for v, s in loaded.items() if s is not None}
+                if not loaded and old is not None:  # availability first: a broken new version does not
+                    loaded = old.versions  # take the served ones down
                 labels = dict(entry.version_labels) if entry is not None else {}
                 missing = {k: v for k, v in labels.items() if v not in loaded}
                 if missing:
