@@ -21,6 +21,8 @@ setup(
         "tqdm>=4.66",
         "tensorflow-serving-api==2.21.0",
         "grpcio>=1.60",
+        "tensorboard>=2.20,<3",  # limaml train's training logs (keras.callbacks.TensorBoard)
+        "pyyaml>=6",  # limaml train --config
     ],
     extras_require={
         "beam": ["apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1"],

@@ -19,9 +19,11 @@ Layout (`saved_models/README.md`):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -77,24 +79,83 @@ def output_errors(path: str):
         raise WriteError(e.errno, f"cannot write {path!r} ({os.strerror(e.errno)}): {_WRITE_FIXES[e.errno]}") from e
 
 
+def temp_prefix(path: str, kind: str = "tmp") -> str:
+    """`.<name>.<kind>-<pid>-`: hidden from readers (TF Serving, `model_versions`, run listings), and
+    names the writing process, so a later writer can remove what a killed one left (`remove_stale`)."""
+    return f".{os.path.basename(path)}.{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(parent: str) -> list[str]:
+    """Removes the temp files / directories in `parent` that a writer killed mid-write left behind (named
+    by `temp_prefix`, their process no longer running). Returns what it removed."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = re.fullmatch(r"\..+\.(?:tmp|old)-(\d+)-.*", name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        path = os.path.join(parent, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system
+    cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str):
-    """Yields a temp dir beside `path`; on success it is renamed to `path` (replacing an old one),
-    on failure removed, so readers never see a half-written directory."""
+    """Yields a temp dir beside `path`; on success it takes the place of `path` in one rename (an old
+    `path` is swapped out atomically where the system can, else renamed away first), on failure it is
+    removed, so readers never see a half-written directory. What a killed writer left is removed by the
+    next writer in the same directory."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     with output_errors(path):
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+        remove_stale(parent)
+        tmp = tempfile.mkdtemp(prefix=temp_prefix(path), dir=parent)
     try:
         yield tmp
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        if not os.path.exists(path):
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        else:
+            old = tempfile.mkdtemp(prefix=temp_prefix(path, "old"), dir=parent)
             os.rename(path, os.path.join(old, "x"))
             os.rename(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         with output_errors(path):
@@ -106,8 +167,10 @@ def atomic_directory(path: str):
 
 def atomic_write_text(path: str, text: str) -> str:
     """Writes `text` to `path` through a temp file in the same directory and a rename."""
+    parent = os.path.dirname(path) or "."
     with output_errors(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path) or ".")
+        remove_stale(parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=parent)
     try:
         with output_errors(path), os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -199,21 +262,32 @@ def resolve_adapter(path: str, aggregation: str | None = None) -> str:
 
 # -- TF Serving's model_config_list ------------------------------------------------------------
 
-def write_models_config(base_dir: str, model_name: str, serving_root: str = "/models") -> str:
-    """Adds (or keeps) `model_name` in `<base_dir>/models.config`, the model_config_list that
+def write_models_config(base_dir: str, model_name: str, serving_root: str = "/models",
+                        versions: list[int] | None = None, labels: dict[str, int] | None = None) -> str:
+    """Adds `model_name` to `<base_dir>/models.config`, the model_config_list that
     `tensorflow_model_server --model_config_file` reads; base paths point at `serving_root`, where the
-    container mounts `base_dir`. Written atomically."""
+    container mounts `base_dir`. A new entry serves the latest version; an existing one keeps its version
+    policy and labels unless `versions` (served versions: policy `specific`) or `labels` (e.g.
+    {"stable": 1, "canary": 2}) are given. Written atomically."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     path = os.path.join(base_dir, MODELS_CONFIG)
     config = read_models_config(base_dir) or model_server_config_pb2.ModelServerConfig()
     entries = config.model_config_list.config
-    entry = next((c for c in entries if c.name == model_name), None) or entries.add()
+    entry = next((c for c in entries if c.name == model_name), None)
+    if entry is None:
+        entry = entries.add()
+        entry.model_version_policy.latest.num_versions = 1
     entry.name = model_name
     entry.base_path = f"{serving_root.rstrip('/')}/{model_name}"
     entry.model_platform = "tensorflow"
-    entry.model_version_policy.latest.num_versions = 1
+    if versions is not None:
+        entry.model_version_policy.specific.ClearField("versions")
+        entry.model_version_policy.specific.versions.extend(int(v) for v in versions)
+    if labels is not None:
+        entry.version_labels.clear()
+        entry.version_labels.update({str(k): int(v) for k, v in labels.items()})
     return atomic_write_text(path, text_format.MessageToString(config))
 
 

@@ -47,3 +47,16 @@ def auc_by_slice(pred: pd.DataFrame, threshold: int = 25, unseen_keys=None) -> d
     if unseen_keys is not None:
         out["unseen"] = auc(pred[pred["task_key"].isin(set(unseen_keys))])
     return out
+
+
+def auc_table(results: dict[str, dict], baseline: str | None = None) -> str:
+    """`results` ({label: auc_by_slice(...)}) as a text table; with `baseline`, the relative AUC gain."""
+    slices = [k for k in next(iter(results.values()))]
+    lines = [f"{'model':<20}" + "".join(f"{s:>8}" for s in ("AUC" if s == "all" else s for s in slices))
+             + (f"{'gain vs ' + baseline:>{max(18, len(baseline) + 10)}}" if baseline else "")]
+    for label, r in results.items():
+        row = f"{label:<20}" + "".join(f"{r[s]:>8.4f}" for s in slices)
+        if baseline:
+            row += f"{100 * (r['all'] / results[baseline]['all'] - 1):>+{max(18, len(baseline) + 10) - 1}.2f}%"
+        lines.append(row)
+    return "\n".join(lines)

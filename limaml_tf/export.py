@@ -198,3 +198,16 @@ def export_serving(model, base_dir: str = "saved_models", model_name: str = "lim
                 writer.write(record)
     write_models_config(base_dir, model_name, serving_root)
     return path
+
+
+def export_model(model, saved_models: str = "saved_models", model_name: str = "limaml", train_df=None,
+                 steps: int | None = None, aggregation: str = "latest") -> tuple[str, str]:
+    """What a trained model ships as: the serving export `<saved_models>/<model_name>/<v>/` (+ models.config)
+    and its adapter `<saved_models>/<model_name>_adapter/<v>/` (model_version v; `steps` default: the
+    model's eval_steps). Returns both paths."""
+    serving_path = export_serving(model, saved_models, model_name, train_df=train_df)
+    version = os.path.basename(serving_path)
+    adapter_path = export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter", version),
+                                  steps=model.eval_steps if steps is None else steps, aggregation=aggregation,
+                                  model_version=version)
+    return serving_path, adapter_path

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import urllib.parse
 
 import numpy as np
 import pandas as pd
 
 from limaml_tf.artifacts import (COLD_START_KEY, EMBEDDINGS_DIR, atomic_write_text, read_embeddings,  # noqa: F401
-                                 read_run_summary)
+                                 read_run_summary, remove_stale, temp_prefix)
 from limaml_tf.feature_repo.embeddings import ENTITY_KEY, FEATURE_VIEW, definitions
 
 STATE_FILE = "embedding_store.json"
@@ -57,10 +59,16 @@ class EmbeddingStore:
 
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
-        self.config = RepoConfig(project=project, provider="local", registry=os.path.join(self.root, "registry.db"),
-                                 online_store=online_store_config(online_store, self.root),
-                                 offline_store=DaskOfflineStoreConfig(), entity_key_serialization_version=3,
-                                 repo_path=self.root)
+        self.registry = os.path.join(self.root, "registry.db")
+
+        def config(registry: str):
+            return RepoConfig(project=project, provider="local", registry=registry,
+                              online_store=online_store_config(online_store, self.root),
+                              offline_store=DaskOfflineStoreConfig(), entity_key_serialization_version=3,
+                              repo_path=self.root)
+
+        self._repo_config = config
+        self.config = config(self.registry)
         self.feast = FeatureStore(config=self.config)
 
     # -- state ------------------------------------------------------------------
@@ -88,7 +96,7 @@ class EmbeddingStore:
         dims = rows["embedding"].map(len).unique()
         if len(dims) != 1:
             raise ValueError(f"{run_dir!r} holds embeddings of sizes {sorted(dims)}: one run must have one size")
-        self.feast.apply(list(definitions(source)))
+        self._apply(definitions(source))
         for start in range(0, len(rows), WRITE_CHUNK):
             chunk = rows.iloc[start:start + WRITE_CHUNK].copy()
             chunk["embedding"] = chunk["embedding"].map(lambda e: np.asarray(e, np.float32).tolist())
@@ -97,6 +105,26 @@ class EmbeddingStore:
                  "as_of": summary["as_of"], "run_dir": os.path.abspath(run_dir), "rows": len(rows)}
         atomic_write_text(os.path.join(self.root, STATE_FILE), json.dumps(state, indent=1))
         return len(rows)
+
+    def _apply(self, objects) -> None:
+        """`feast apply` on a copy of the registry, renamed into place: Feast rewrites its registry file
+        in place, which a kill would leave cut short and every later read unable to parse."""
+        from feast import FeatureStore
+
+        remove_stale(self.root)
+        fd, staging = tempfile.mkstemp(prefix=temp_prefix(self.registry), dir=self.root)
+        os.close(fd)
+        try:
+            if os.path.exists(self.registry):
+                shutil.copyfile(self.registry, staging)
+            else:
+                os.remove(staging)
+            FeatureStore(config=self._repo_config(staging)).apply(list(objects))
+            os.replace(staging, self.registry)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
+        self.feast.refresh_registry()
 
     # -- read -------------------------------------------------------------------
     def online_rows(self, task_keys: list[str]) -> pd.DataFrame:

@@ -14,8 +14,12 @@ all-reduced once per step (see `LiMAMLModel.train_step`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
+import warnings
 
 import keras
 import tensorflow as tf
@@ -81,3 +85,115 @@ def is_chief() -> bool:
     if "chief" in config.get("cluster", {}):
         return task.get("type") == "chief"
     return int(task.get("index", 0)) == 0
+
+
+# -- fit as the command line runs it ---------------------------------------------------------
+
+class EpochProgress(keras.callbacks.Callback):
+    """One progress bar over the epochs of `fit` (on stdout, the last logs as its postfix), instead of
+    Keras' line per epoch."""
+
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc, self.bar = desc, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.bar is None:  # a resumed run starts past 0
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.params["epochs"], initial=epoch, desc=self.desc, unit="epoch",
+                            file=sys.stdout, dynamic_ncols=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def backup_epoch(backup_dir: str) -> int | None:
+    """The epoch a `BackupAndRestore` backup in `backup_dir` resumes at (None: no backup). Its metadata
+    file, if a kill cut it short, is replaced by the previous copy (Keras only falls back on a weights
+    file it cannot read)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    for candidate in (path, path + ".bkp"):
+        try:
+            with open(candidate) as f:
+                epoch = int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if candidate != path:
+            os.replace(candidate, path)
+        return epoch
+    if os.path.exists(path):
+        os.remove(path)  # unreadable and no previous copy: restart the epoch count, keep the weights
+    return None
+
+
+def fit(model, dataset, epochs: int, backup_dir: str | None = None, log_dir: str | None = None,
+        verbose: int = 0, callbacks=()) -> keras.callbacks.History:
+    """`model.fit` as `limaml train` / `limaml demo` run it.
+
+    * `backup_dir`: `keras.callbacks.BackupAndRestore` keeps the weights and optimizer state of the last
+      completed epoch there; after a crash or a kill, the same call resumes from it (the remaining
+      epochs see a different shuffling order than an uninterrupted run). Deleted when `fit` completes.
+    * `log_dir`: TensorBoard logs (loss and metrics per epoch).
+    * `verbose=0`: one progress bar over the epochs instead of Keras' output.
+    The dataset shuffles itself, so `shuffle=False` (Keras ignores it for a dataset, with a warning).
+    """
+    cbs = []
+    if backup_dir:
+        epoch = backup_epoch(backup_dir)
+        if epoch:
+            print(f"[train] {model.name}: resuming at epoch {epoch + 1}/{epochs} from the backup in {backup_dir}")
+        cbs.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
+    if log_dir:
+        cbs.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
+    if not verbose:
+        cbs.append(EpochProgress(f"[train] {model.name}"))
+    with keras_saving_warning_filtered():  # the backup saves weights every epoch
+        return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False, callbacks=cbs + list(callbacks))
+
+
+@contextlib.contextmanager
+def keras_saving_warning_filtered():
+    """Saving a Keras 3.15 model's weights under NumPy 2 warns about Keras' own variables (their
+    `__array__` lacks the `copy` keyword, keras-team/keras#21288): not about the caller's code, so
+    filtered where this package saves (backups, .keras files)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning)
+        yield
+
+
+def save_model(model, path: str) -> str:
+    """`model.save(path)` (a .keras file) through a temp file and a rename: a crash never leaves a cut
+    .keras file (and without Keras' NumPy 2 warning, see `keras_saving_warning_filtered`)."""
+    from limaml_tf.artifacts import temp_prefix, output_errors, remove_stale
+
+    parent = os.path.dirname(os.path.abspath(path))
+    with output_errors(path):
+        os.makedirs(parent, exist_ok=True)
+        remove_stale(parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".keras", dir=parent)
+        os.close(fd)
+    try:
+        with keras_saving_warning_filtered(), output_errors(path):
+            model.save(tmp)
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_model(path: str):
+    """A .keras file saved by this package (LiMAMLModel / VanillaModel with built-in or registered blocks)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model {path!r} does not exist: give a .keras file written by model.save, "
+                                "limaml_tf.training.save_model or limaml train")
+    import limaml_tf.model  # noqa: F401 (registers the classes .keras files name)
+    import limaml_tf.vanilla  # noqa: F401
+
+    return keras.saving.load_model(path)

@@ -65,3 +65,60 @@ def float64():
     yield
     keras.config.set_floatx(old)
     keras.config.set_dtype_policy(old_policy)
+
+
+# -- tests/background_runs.py: the expensive end-to-end runs, beside the other tests -------------
+
+BACKGROUND = pytest.StashKey()
+CRASH_SEEDS = (11, 6, 3)  # kill points (writes of a run): 6 in the export, 19 in the refresh, 34 in the publish
+
+
+def start_background_runs() -> tuple:
+    """tests/background_runs.py as a background process: (process, its directory, its output file)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    top = tempfile.mkdtemp(prefix="limaml-background-")
+    out = open(os.path.join(top, "driver.out"), "w")
+    env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.background_runs", top, *map(str, CRASH_SEEDS)],
+                            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, top, out
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests reading the background runs go last, and the runs start as soon as the session does (when
+    one of them is selected), so they overlap every other test."""
+    waiting = [item for item in items if "background_runs" in getattr(item, "fixturenames", ())]
+    if waiting:
+        items[:] = [item for item in items if item not in waiting] + waiting
+        config.stash[BACKGROUND] = start_background_runs()
+
+
+def pytest_sessionfinish(session):
+    proc, top, out = session.config.stash.get(BACKGROUND, (None, None, None))
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()  # the session ended before a test waited for it
+            proc.wait()
+        out.close()
+        import shutil
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def background_runs(request):
+    """(directory, results.json, output) of tests/background_runs.py, once it has finished."""
+    import json
+    import pathlib
+
+    proc, top, out = request.config.stash.get(BACKGROUND, (None, None, None))
+    if proc is None:
+        proc, top, out = request.config.stash[BACKGROUND] = start_background_runs()
+    code = proc.wait(timeout=1800)
+    out.flush()
+    output = (pathlib.Path(top) / "driver.out").read_text()
+    assert code == 0, output[-3000:]
+    return pathlib.Path(top), json.loads((pathlib.Path(top) / "results.json").read_text()), output

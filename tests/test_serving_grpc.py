@@ -24,6 +24,7 @@ def served(tmp_path_factory, tiny):
     base = str(tmp_path_factory.mktemp("saved_models"))
     path = ex.export_serving(model, base, "ranker", train_df=df)
     ex.export_serving(other, base, "ranker", train_df=df)
+    ex.write_models_config(base, "ranker", versions=[1, 2])  # both served (the default: the latest only)
     server, port = start_server(base, port=0)
     store = InMemoryEmbeddingStore(DIM)
     client = ServingClient.from_export(path, f"127.0.0.1:{port}", store, version=1)

@@ -41,36 +41,31 @@ def build_models(spec, inner_learning_rate: float = 0.5, learning_rate: float = 
 
 
 def train_and_evaluate(limaml, vanilla, train, evaluation, epochs: int, tasks_per_batch: int, seed: int,
-                       verbose: int) -> dict:
-    """Trains both models on the same task batches; prints and returns test AUC by slice and train time."""
-    from limaml_tf.evaluation import auc_by_slice, predict_tasks
+                       verbose: int = 0, backup_dir: str | None = None) -> dict:
+    """Trains both models on the same task batches (resumable from `backup_dir/<model name>`); prints and
+    returns test AUC by slice and train time."""
+    from limaml_tf.evaluation import auc_by_slice, auc_table, predict_tasks
+    from limaml_tf.training import fit
 
     results, timings = {}, {}
     for model in (limaml, vanilla):
         start = time.perf_counter()
-        print(f"[train] {model.name}")
-        model.fit(train.dataset(tasks_per_batch, seed=seed), epochs=epochs, verbose=verbose)
+        fit(model, train.dataset(tasks_per_batch, seed=seed), epochs, verbose=verbose,
+            backup_dir=os.path.join(backup_dir, model.name) if backup_dir else None)
         timings[model.name] = time.perf_counter() - start
     for label, model, steps in [("vanilla", vanilla, 0), ("vanilla+fine-tune", vanilla, 1),
                                 ("limaml", limaml, 0), ("limaml+fine-tune", limaml, 1)]:
         results[label] = auc_by_slice(predict_tasks(model, evaluation, steps=steps))
-    base = results["vanilla"]["all"]
     print("\n[evaluate] test AUC (support = validation period, query = test period)")
-    print(f"{'model':<20}{'AUC':>8}{'<25':>8}{'>=25':>8}{'gain vs vanilla':>18}")
-    for label, r in results.items():
-        print(f"{label:<20}{r['all']:>8.4f}{r['<25']:>8.4f}{r['>=25']:>8.4f}{100 * (r['all'] / base - 1):>+17.2f}%")
+    print(auc_table(results, baseline="vanilla"))
     return {"auc": results, "train_seconds": timings}
 
 
 def export_models(model, saved_models: str, model_name: str, train_df, steps: int = 1) -> tuple[str, str]:
-    """The serving export `<saved_models>/<model_name>/<v>/` (+ models.config) and the adapter
-    `<saved_models>/<model_name>_adapter/<v>/` (aggregation "latest", model_version v)."""
-    from limaml_tf.export import export_adapter, export_serving
+    """`limaml_tf.export.export_model` (serving export + adapter, aggregation "latest"), printed."""
+    from limaml_tf.export import export_model
 
-    serving_path = export_serving(model, saved_models, model_name, train_df=train_df)
-    version = os.path.basename(serving_path)
-    adapter_path = export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter", version), steps=steps,
-                                  aggregation="latest", model_version=version)
+    serving_path, adapter_path = export_model(model, saved_models, model_name, train_df, steps)
     print(f"\n[export] {serving_path} (TF Serving) and {adapter_path} (adapter)")
     return serving_path, adapter_path
 
@@ -164,11 +159,12 @@ def serve_one_user(saved_models: str, serving_path: str, model, spec, recent_df,
 
 
 def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: int = 32, seed: int = 0,
-        verbose: int = 2, saved_models: str = DEFAULT_SAVED_MODELS, model_name: str = "limaml") -> dict:
+        verbose: int = 0, saved_models: str = DEFAULT_SAVED_MODELS, model_name: str = "limaml") -> dict:
     import keras
 
     from limaml_tf.feature_store import EmbeddingStore
     from limaml_tf.synthetic import make_synthetic
+    from limaml_tf.training import save_model
     from limaml_tf.tasks import paired_tasks, split_tasks, time_split
 
     os.makedirs(workdir, exist_ok=True)
@@ -182,8 +178,9 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
 
     limaml, vanilla = build_models(spec, tasks_per_batch=tasks_per_batch,
                                    total_steps=epochs * -(-len(train) // tasks_per_batch))
-    summary = train_and_evaluate(limaml, vanilla, train, evaluation, epochs, tasks_per_batch, seed, verbose)
-    limaml.save(os.path.join(workdir, "limaml.keras"))
+    summary = train_and_evaluate(limaml, vanilla, train, evaluation, epochs, tasks_per_batch, seed, verbose,
+                                 backup_dir=os.path.join(workdir, "backup"))
+    save_model(limaml, os.path.join(workdir, "limaml.keras"))
     serving_path, adapter_path = export_models(limaml, saved_models, model_name, train_df, steps=limaml.eval_steps)
     summary["export"] = {"serving_path": serving_path, "adapter_path": adapter_path}
     # Daily refresh as of the start of the test period: adapter -> Beam -> Feast (SQLite) ...
@@ -198,8 +195,12 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
 
 
 def add_parser(sub):
-    p = sub.add_parser("demo", help="train -> evaluate -> export -> refresh -> serve on the synthetic default")
-    p.add_argument("--workdir", default="runs/demo", help="data, the .keras model, embeddings, summary.json")
+    from limaml_tf.cli import add_command
+
+    p = add_command(sub, "demo", "train -> evaluate -> export -> refresh -> serve on the synthetic default",
+                    "limaml demo --workdir runs/demo\nlimaml demo --workdir runs/quick --num-tasks 200 --epochs 3 --verbose")
+    p.add_argument("--workdir", default="runs/demo",
+                   help="data, the .keras model, embeddings, summary.json and the log file (limaml.log)")
     p.add_argument("--saved-models", default=DEFAULT_SAVED_MODELS,
                    help="where the exports go: <dir>/limaml/<v>/ (TF Serving), <dir>/limaml_adapter/<v>/")
     p.add_argument("--num-tasks", type=int, default=800)
@@ -207,5 +208,17 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks-per-batch", type=int, default=32,
                    help="tasks per outer step; the outer learning rate scales linearly with it")
-    p.set_defaults(func=lambda a: run(a.workdir, a.num_tasks, a.epochs, a.tasks_per_batch, seed=a.seed,
-                                      saved_models=a.saved_models) and 0)
+    p.set_defaults(func=main, log_dir="workdir")
+
+
+def main(a) -> int:
+    from limaml_tf.tasks import positive_int
+
+    for flag, value in (("--num-tasks", a.num_tasks), ("--epochs", a.epochs), ("--tasks-per-batch", a.tasks_per_batch)):
+        positive_int(flag, value)
+    run(a.workdir, a.num_tasks, a.epochs, a.tasks_per_batch, seed=a.seed, saved_models=a.saved_models,
+        verbose=2 if a.show_logs else 0)
+    if not a.show_logs:
+        from limaml_tf.cli import log_file
+        print(f"\n[log] TensorFlow / Beam logs: {log_file(a)} (--verbose shows them here)")
+    return 0

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLES = """
+limaml refresh --input interactions/ --adapter saved_models/limaml_adapter --output runs/embeddings \\
+    --as-of 2026-11-23T00:00:00Z --days 30
+limaml refresh ... -- --runner=DaskRunner --dask_client_address=HOST:8786
+"""
+
 
 def add_parser(sub):
     from beam_pipelines.refresh_embeddings import add_arguments
+    from limaml_tf.cli import add_command
 
-    p = sub.add_parser("refresh", help="Beam refresh of meta embeddings (Algorithm 2b) into Feast",
-                       description="Beam refresh of meta embeddings. Beam pipeline options go after `--`, "
-                                   "e.g. `-- --runner=DaskRunner --dask_client_address=HOST:8786`.")
+    p = add_command(sub, "refresh", "Beam refresh of meta embeddings (Algorithm 2b) into Feast", EXAMPLES,
+                    description="Beam refresh of meta embeddings (Algorithm 2b) into Feast. Beam pipeline options "
+                                "go after `--`.")
     add_arguments(p)
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="-- then Beam pipeline options")
     p.set_defaults(func=run)

@@ -127,8 +127,10 @@ class ServingClient:
     """Predicts through TF Serving (or `limaml serve`) with each request's meta embedding from `lookup`."""
 
     def __init__(self, target: str, spec: FeatureSpec, embedding_dim: int, cold_start_embedding,
-                 lookup: EmbeddingLookup, model_name: str = "limaml", version: int | None = None,
+                 lookup: EmbeddingLookup, model_name: str = "limaml", version: int | str | None = None,
                  signature_name: str = SERVING_SIGNATURE, timeout: float = 10.0):
+        """`version`: a version number, a version label of models.config ("stable", "canary"), or None
+        (the latest served version)."""
         self.spec, self.dim, self.lookup = spec, int(embedding_dim), lookup
         self.cold_start = np.asarray(cold_start_embedding, np.float32).reshape(-1)
         if self.cold_start.shape != (self.dim,):
@@ -175,7 +177,9 @@ class ServingClient:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
         request.model_spec.signature_name = self.signature_name
-        if self.version is not None:
+        if isinstance(self.version, str) and not self.version.isdigit():
+            request.model_spec.version_label = self.version
+        elif self.version is not None:
             request.model_spec.version.value = int(self.version)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
