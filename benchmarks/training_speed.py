@@ -9,7 +9,8 @@
 (b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
     gradients summed) at 64 and 256 tasks;
 (c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process);
-(d) peak memory (resident set growth of a fresh process over a training step) per configuration.
+(d) peak memory (resident set growth of a fresh process over a training step) for n = 1..5 and 32 / 128 /
+    512 tasks per batch, beside the graph-size bound a memory-budget `max_tasks_per_chunk` chooses from.
 
 A "step" is one outer step of `model.train_step` (encode, inner loops, outer gradient, Adam
 update) compiled with tf.function on one fixed task batch. Times are medians over repeats, and
@@ -80,7 +81,7 @@ def datasets(args):
 
 
 # -- models and compiled steps --------------------------------------------------
-def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit: bool = False):
+def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit: bool = False, chunk=None):
     import keras
 
     from limaml_tf import LiMAMLModel, MLPGlobalBlock, MLPMetaBlock, VanillaModel
@@ -90,7 +91,7 @@ def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit:
         model = VanillaModel(*blocks, spec)
     else:
         model = LiMAMLModel(*blocks, spec, inner_steps=inner_steps, inner_learning_rate=0.5, first_order=first_order,
-                            jit_inner_loop=jit)
+                            jit_inner_loop=jit, max_tasks_per_chunk=chunk)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -200,7 +201,8 @@ def _worker(argv):
     """Runs in a fresh process: --replicas R (steps/s of fit) or --memory CONFIG (peak RSS growth)."""
     p = argparse.ArgumentParser()
     p.add_argument("--replicas", type=int)
-    p.add_argument("--memory")
+    p.add_argument("--memory", help="kind,n,first_order(0/1),tasks per batch[,max_tasks_per_chunk]")
+    p.add_argument("--estimate", action="store_true", help="also the step_memory estimate (2 more traces)")
     p.add_argument("--tasks", type=int, default=6040)
     p.add_argument("--steps", type=int, default=10)
     a = p.parse_args(argv)
@@ -224,10 +226,10 @@ def _worker(argv):
             out[r] = a.steps / (time.perf_counter() - start)
         print(json.dumps(out))
         return
-    kind, n, order = a.memory.split(",")
-    model = build(kind, tasks.spec, int(n), order == "1")
+    kind, n, order, batch, *chunk = a.memory.split(",")
+    model = build(kind, tasks.spec, int(n), order == "1", chunk=chunk[0] if chunk else None)
     fn = compiled_step(model)
-    bundle = first_batch(tasks, TASKS_PER_BATCH)
+    bundle = first_batch(tasks, int(batch))
     base = _rss()
     peak = [base]
     done = threading.Event()
@@ -243,8 +245,13 @@ def _worker(argv):
     timed(fn, bundle, 2)
     done.set()
     thread.join()
-    print(json.dumps({"peak_rss_growth_mb": (peak[0] - base) / 2**20,
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    out = {"peak_rss_growth_mb": (peak[0] - base) / 2**20,
+           "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    encoded = model.encode_bundle(bundle)
+    out["tasks_per_chunk"] = model.tasks_per_chunk(encoded) or int(batch)
+    if a.estimate:
+        out["estimate"] = model.step_memory(encoded)._asdict()
+    print(json.dumps(out))
 
 
 def _rss() -> int:
@@ -268,14 +275,34 @@ def bench_replicas(args) -> dict:
 
 
 def bench_memory(args) -> dict:
-    print(f"\n(d) peak memory of a training step ({TASKS_PER_BATCH} tasks of 192 + 64 slots, fresh process each):")
-    out = {}
-    for label, config in [("vanilla", "vanilla,0,0"), ("LiMAML n=1 2nd order", "limaml,1,0"),
-                          ("LiMAML n=1 1st order", "limaml,1,1"), ("LiMAML n=5 2nd order", "limaml,5,0")]:
-        out[label] = _run_worker("--memory", config, "--tasks", str(args.replica_tasks))
-        print(f"    {label:<22} step peak RSS growth {out[label]['peak_rss_growth_mb']:7.1f} MB "
-              f"(process max RSS {out[label]['max_rss_mb']:.0f} MB)")
-    return out
+    """Peak RSS growth of a step, fresh process per configuration, with the graph-size bound of
+    `LiMAMLModel.step_memory` (the estimate a memory-budget `max_tasks_per_chunk` chooses from)."""
+    print("\n(d) peak memory of a training step, MB of resident-set growth (fresh process each; synthetic "
+          "ML-1M-scale tasks of 192 + 64 slots); [graph-size bound of the chunk, MB]")
+    configs = [("vanilla", "vanilla,0,0")] + [(f"n={n} 2nd order", f"limaml,{n},0") for n in args.memory_steps]
+    out, estimates = {}, {}
+    print(f"    {'':<16}" + "".join(f"{t:>10} tasks{'':>9}" for t in args.memory_batches))
+    for label, config in configs:
+        row = []
+        for t in args.memory_batches:
+            first = t == args.memory_batches[0] and not label.startswith("vanilla")
+            got = _run_worker("--memory", f"{config},{t}", "--tasks", str(args.replica_tasks),
+                              *(["--estimate"] if first else []))
+            estimates.setdefault(label, got.get("estimate"))
+            out[(label, t)] = got
+            bound = estimates[label] and (estimates[label]["fixed"] + estimates[label]["per_task"] * t) / 2**20
+            row.append(f"{got['peak_rss_growth_mb']:>12.1f}" + (f" [{bound:6.0f}]" if bound else f"{'':>9}"))
+        print(f"    {label:<16}" + "".join(row), flush=True)
+    ref = {t: out[("vanilla", t)]["peak_rss_growth_mb"] for t in args.memory_batches}
+    print("    ratio to vanilla: " + "; ".join(
+        f"{label} " + "/".join(f"{out[(label, t)]['peak_rss_growth_mb'] / ref[t]:.1f}x" for t in args.memory_batches)
+        for label, _ in configs[1:]))
+    n, t, budget = max(args.memory_steps), max(args.memory_batches), args.memory_budget
+    got = _run_worker("--memory", f"limaml,{n},0,{t},{budget}", "--tasks", str(args.replica_tasks))
+    print(f"    n={n}, {t} tasks, max_tasks_per_chunk={budget!r}: chunks of {got['tasks_per_chunk']} tasks, "
+          f"peak growth {got['peak_rss_growth_mb']:.1f} MB (unchunked {out[(f'n={n} 2nd order', t)]['peak_rss_growth_mb']:.1f} MB)")
+    out[("budget", budget)] = got
+    return {f"{k[0]} {k[1]}": v for k, v in out.items()}
 
 
 def main(argv=None):
@@ -289,10 +316,13 @@ def main(argv=None):
     p.add_argument("--rows-1m", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--replica-tasks", type=int, default=1024, help="tasks generated for (c) and (d)")
     p.add_argument("--only", default="abcd", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--memory-budget", default="256MB", help="the max_tasks_per_chunk budget shown in (d)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     args.inner_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
     args.task_counts = [64, 256]
+    args.memory_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
+    args.memory_batches = [32, 128, 512]
     if args.quick:
         args.repeats = min(args.repeats, 3)
 
