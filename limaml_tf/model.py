@@ -302,6 +302,11 @@ class LiMAMLModel(keras.Model):
         encoded = self.encode_bundle(bundle, step)
         if self.support_dropout:
             encoded = self._hide_supports(encoded)
+        return (*self.encoded_gradients(encoded), encoded)
+
+    def encoded_gradients(self, encoded):
+        """(loss, gradients, query logits) of an encoded bundle, chunk by chunk (`compute_gradients`
+        after feature encoding)."""
         normalizer = self.normalizer(encoded)
         variables = self.trainable_variables
         total, grads, logits = 0.0, [None] * len(variables), []
@@ -311,7 +316,7 @@ class LiMAMLModel(keras.Model):
             total += loss
             logits.append(q_logits)
         grads = [tf.zeros_like(v) if g is None else distribute.merge_duplicate_rows(g) for g, v in zip(grads, variables)]
-        return total, grads, tf.concat(logits, 0), encoded
+        return total, grads, tf.concat(logits, 0)
 
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
