@@ -100,3 +100,14 @@ def test_xla_inner_loop_gives_the_same_gradients(tasks):
     for a, b in zip(grads[True][1], grads[False][1]):
         np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-4, atol=1e-6)
     assert LiMAMLModel.from_config(model.get_config()).jit_inner_loop
+
+
+def test_xla_auto_compiles_from_two_inner_steps_and_bad_values_are_named(tasks):
+    spec = tasks.spec
+
+    def model(**kw):
+        return LiMAMLModel(MLPMetaBlock(spec.meta_features, output_dim=4, hidden_units=(8,)),
+                           MLPGlobalBlock(spec.other_features, hidden_units=(8,), embedding_dim=4), spec, **kw)
+    assert [model(inner_steps=n, jit_inner_loop="auto").uses_xla for n in (1, 2)] == [False, True]
+    with pytest.raises(ValueError, match="jit_inner_loop must be True, False or 'auto'"):
+        model(jit_inner_loop="yes")
