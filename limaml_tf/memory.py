@@ -64,10 +64,17 @@ def budget_bytes(setting: ChunkSetting) -> int | None:
     return setting.budget
 
 
+# ops whose output shares its input's buffer: they allocate nothing
+_ALIASING = frozenset({"Reshape", "Identity", "IdentityN", "ExpandDims", "Squeeze", "StopGradient",
+                       "ReadVariableOp", "Const", "Placeholder"})
+
+
 def graph_bytes(graph) -> int:
-    """Sum of the sizes of every statically shaped tensor the graph's ops produce."""
+    """Sum of the sizes of every statically shaped tensor the graph's ops allocate."""
     total = 0
     for op in graph.get_operations():
+        if op.type in _ALIASING:
+            continue
         for out in op.outputs:
             if out.dtype not in (tf.resource, tf.variant) and out.shape.is_fully_defined():
                 total += out.shape.num_elements() * out.dtype.size
