@@ -200,7 +200,9 @@ def set_threads(threads: int):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 repeats, 32 and 256 tasks")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra- and inter-op threads of both")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra- and inter-op threads of both (default 1: on a shared machine torch's OpenMP "
+                        "threads stall when the cores are oversubscribed)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tasks", type=int, nargs="+", default=[32, 256])
     p.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5])
@@ -231,17 +233,28 @@ def main(argv=None):
         print(f"  n={n}: gradients agree on 8 tasks, max relative difference "
               + ", ".join(f"{k} {v:.1e}" for k, v in check.items()))
         ours = tf_gradients(model)
+        xla = build("limaml", tasks.spec, n, jit=True) if n >= 2 else None  # what jit_inner_loop="auto" picks
+        if xla is not None:
+            xla.set_weights(model.get_weights())
+            ours_xla = tf_gradients(xla)
         for t in args.tasks:
             encoded = model.encode_bundle(first_batch(tasks, t))
             batch, params = as_torch(encoded), net.params()
             fns = {"ours": lambda _: ours(encoded),
                    "l2l": lambda _: l2l_gradients(net, params, batch, n, ALPHA),
                    "torch.func": lambda _: func_gradients(net, params, batch, n, ALPHA)}
+            if xla is not None:
+                fns["ours xla"] = lambda _: ours_xla(encoded)
             times = interleaved(fns, dict.fromkeys(fns), repeats, 1)
             results[(n, t)] = {**times, "check": check}
-            print(f"  n={n} {t:>4} tasks: ours {1e3 * times['ours']:8.1f} ms | l2l-style "
-                  f"{1e3 * times['l2l']:9.1f} ms = {times['l2l'] / times['ours']:5.1f}x | torch.func vmap "
-                  f"{1e3 * times['torch.func']:8.1f} ms = {times['torch.func'] / times['ours']:5.1f}x", flush=True)
+            line = (f"  n={n} {t:>4} tasks: ours {1e3 * times['ours']:8.1f} ms | l2l-style "
+                    f"{1e3 * times['l2l']:9.1f} ms = {times['l2l'] / times['ours']:5.1f}x | torch.func vmap "
+                    f"{1e3 * times['torch.func']:8.1f} ms = {times['torch.func'] / times['ours']:5.1f}x")
+            if xla is not None:
+                best = times["ours xla"]
+                line += (f" | ours with XLA {1e3 * best:7.1f} ms: l2l {times['l2l'] / best:5.1f}x, "
+                         f"torch.func {times['torch.func'] / best:4.1f}x")
+            print(line, flush=True)
     return {f"n={n} tasks={t}": v for (n, t), v in results.items()}
 
 

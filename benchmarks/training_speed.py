@@ -9,6 +9,7 @@
 (b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
     gradients summed) at 64 and 256 tasks;
 (c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process);
+(e) an op-level profile (tf.profiler trace, ms per op type) of the step per configuration;
 (d) peak memory (resident set growth of a fresh process over a training step) for n = 1..5 and 32 / 128 /
     512 tasks per batch, beside the graph-size bound a memory-budget `max_tasks_per_chunk` chooses from.
 
@@ -196,6 +197,55 @@ def bench_vectorized(tasks, args) -> dict:
     return results
 
 
+# -- (e) op-level profile -----------------------------------------------------------
+def op_times(fn, arg, steps: int = 5) -> dict:
+    """Milliseconds per call by TF op type (summed over threads) from a tf.profiler trace of `steps` calls."""
+    import collections
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    timed(fn, arg, 2)  # traced and warm
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        timed(fn, arg, steps)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    out = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor's threads
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name  # "op name:op type" for an op
+                if ":" in name and not name.startswith("ExecutorState"):
+                    out[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
+    return out
+
+
+def bench_profile(tasks, args) -> dict:
+    bundle = first_batch(tasks, TASKS_PER_BATCH)
+    configs = {"vanilla": ("vanilla", 0, False, False)}
+    for n in args.profile_steps:
+        configs[f"n={n} 2nd"] = ("limaml", n, False, False)
+    configs["n=1 2nd xla"] = ("limaml", 1, False, True)
+    configs["n=5 2nd xla"] = ("limaml", 5, False, True)
+    print(f"\n(e) op-level profile of a training step (tf.profiler; {TASKS_PER_BATCH} tasks, synthetic ML-1M scale): "
+          "ms per step by op type, summed over threads; top ops")
+    results = {}
+    for label, config in configs.items():
+        ops = op_times(compiled_step(build(*config[:1], tasks.spec, *config[1:])), bundle)
+        total = sum(ops.values())
+        results[label] = dict(ops)
+        print(f"    {label:<12} {total:6.1f} ms: " + ", ".join(
+            f"{op} {ms:.1f} ({100 * ms / total:.0f}%)" for op, ms in ops.most_common(args.top_ops)), flush=True)
+    return results
+
+
 # -- (c) replicas, (d) memory: fresh processes -----------------------------------
 def _worker(argv):
     """Runs in a fresh process: --replicas R (steps/s of fit) or --memory CONFIG (peak RSS growth)."""
@@ -315,7 +365,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="steps per timing")
     p.add_argument("--rows-1m", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--replica-tasks", type=int, default=1024, help="tasks generated for (c) and (d)")
-    p.add_argument("--only", default="abcd", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--only", default="abcde", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--top-ops", type=int, default=6, help="op types shown per configuration in (e)")
     p.add_argument("--memory-budget", default="256MB", help="the max_tasks_per_chunk budget shown in (d)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -323,6 +374,7 @@ def main(argv=None):
     args.task_counts = [64, 256]
     args.memory_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
     args.memory_batches = [32, 128, 512]
+    args.profile_steps = [1, 2, 3, 5] if not args.quick else [1, 5]
     if args.quick:
         args.repeats = min(args.repeats, 3)
 
@@ -330,7 +382,7 @@ def main(argv=None):
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
     results = {}
-    tasks = datasets(args) if set(args.only) & set("ab") else {}
+    tasks = datasets(args) if set(args.only) & set("abe") else {}
     if "a" in args.only:
         results["a"] = bench_step_ratio(tasks, args)
     if "b" in args.only:
@@ -339,6 +391,8 @@ def main(argv=None):
         results["c"] = bench_replicas(args)
     if "d" in args.only:
         results["d"] = bench_memory(args)
+    if "e" in args.only:
+        results["e"] = bench_profile(tasks["synthetic ML-1M scale"], args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
