@@ -71,9 +71,10 @@ class LiMAMLModel(keras.Model):
         of the task (support and query), so the global block learns from all data (not in the paper).
       learn_inner_learning_rate: Meta-SGD — one trainable rate per adapted weight (initialised at α),
         learned through the inner loop; it then replaces α (and `eval_learning_rate`) everywhere.
-      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA: True,
-        False, or "auto" (XLA when inner_steps >= 2, where it measured 1.4-1.5x faster on CPU; at
-        n = 1 it is no faster, see docs/training_at_scale.md). The blocks must be XLA-compilable.
+      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA: True
+        (the blocks must be XLA-compilable), False, or "auto": XLA whenever the loop lowers to XLA
+        (checked once per batch shape; else the TF graph). XLA measured faster for every n on CPU
+        (docs/training_at_scale.md), but compiles anew for each batch shape (seconds to a minute).
 
     >>> import keras, limaml_tf as lt
     >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
@@ -111,7 +112,7 @@ class LiMAMLModel(keras.Model):
         self.max_tasks_per_chunk = max_tasks_per_chunk
         self._step_memory = _Untracked()  # chunk shapes -> memory.StepMemory (budgeted chunking)
         if jit_inner_loop not in (True, False, "auto"):
-            raise ValueError(f"jit_inner_loop must be True, False or 'auto' (XLA when inner_steps >= 2), "
+            raise ValueError(f"jit_inner_loop must be True, False or 'auto' (XLA when the loop compiles), "
                              f"got {jit_inner_loop!r}")
         self.jit_inner_loop = jit_inner_loop
         if not 0.0 <= support_dropout < 1.0:
@@ -119,7 +120,7 @@ class LiMAMLModel(keras.Model):
         self.support_dropout = float(support_dropout)
         self.mixed_loss_weight = non_negative_number("mixed_loss_weight", mixed_loss_weight)
         self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
-        self._jit_scores = None
+        self._jit_scores, self._xla_lowers = None, _Untracked()  # XLA-compiled loop; "auto": shape -> lowers?
         self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
         dummy = self.encoder(self.spec.dummy_inputs(2))
         self.global_logits(dummy, self.embed(dummy))  # builds the blocks: the rates take their shapes
@@ -233,21 +234,35 @@ class LiMAMLModel(keras.Model):
         count = tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, encoded["query_mask"].dtype))
         return tf.maximum(distribute.sum_over_replicas(count), 1.0)
 
-    @property
-    def uses_xla(self) -> bool:
-        """Whether training steps compile the inner + outer loop with XLA (`jit_inner_loop`)."""
-        if self.jit_inner_loop == "auto":
-            return self.inner_steps >= 2
-        return bool(self.jit_inner_loop)
+    def uses_xla(self, chunk, training=True) -> bool:
+        """Whether a training step on `chunk` compiles its inner + outer loop with XLA: `jit_inner_loop`,
+        where "auto" means whenever the chunk's loop lowers to XLA (checked once per shape)."""
+        if self.jit_inner_loop != "auto":
+            return bool(self.jit_inner_loop)
+        specs = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), chunk)
+        key = (tuple((tuple(s.shape), s.dtype.name) for s in tf.nest.flatten(specs)), bool(training))
+        if key not in self._xla_lowers:
+            try:
+                with tf.init_scope():  # lowered eagerly, on zeros of the chunk's shapes
+                    zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)
+                    self._xla_scores().experimental_get_compiler_ir(zeros, training)(stage="hlo")
+                self._xla_lowers[key] = True
+            except Exception:  # noqa: BLE001 - any op XLA cannot compile: run the TF graph instead
+                self._xla_lowers[key] = False
+        return self._xla_lowers[key]
+
+    def _xla_scores(self):
+        if self._jit_scores is None:
+            mixed = self.mixed_loss_weight > 0
+            self._jit_scores = tf.function(lambda enc, training: self._scores(
+                enc, self.inner_steps, self.inner_learning_rate, training, mixed), jit_compile=True)
+        return self._jit_scores
 
     def objective(self, chunk, normalizer, training=True, jit=None):
         """(this chunk's share of the outer loss, query logits [T, Q]); `jit` None: `jit_inner_loop`."""
         mixed = self.mixed_loss_weight > 0
-        if self.uses_xla if jit is None else jit:
-            if self._jit_scores is None:
-                self._jit_scores = tf.function(lambda enc, training: self._scores(
-                    enc, self.inner_steps, self.inner_learning_rate, training, mixed), jit_compile=True)
-            out = self._jit_scores(chunk, training)
+        if self.uses_xla(chunk, training) if jit is None else jit:
+            out = self._xla_scores()(chunk, training)
         else:
             out = self._scores(chunk, self.inner_steps, self.inner_learning_rate, training, mixed)
         has_query = tf.cast(tf.reduce_sum(chunk["query_mask"], -1) > 0, out["query_loss"].dtype)
