@@ -8,7 +8,9 @@
     synthetic data at MovieLens-1M scale (6,040 tasks, median 165 samples per task);
 (b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
     gradients summed) at 64 and 256 tasks;
-(c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process);
+(c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process),
+    and tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global batch 2x)
+    vs 1 such process (batch 1x);
 (e) an op-level profile (tf.profiler trace, ms per op type) of the step per configuration;
 (d) peak memory (resident set growth of a fresh process over a training step) for n = 1..5 and 32 / 128 /
     512 tasks per batch, beside the graph-size bound a memory-budget `max_tasks_per_chunk` chooses from.
@@ -255,7 +257,11 @@ def _worker(argv):
     p.add_argument("--estimate", action="store_true", help="also the step_memory estimate (2 more traces)")
     p.add_argument("--tasks", type=int, default=6040)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--pin", type=int, help="pinned to this core, 1 TF thread; MultiWorkerMirroredStrategy "
+                                           "when TF_CONFIG is set: tasks/s of fit")
     a = p.parse_args(argv)
+    if a.pin is not None:
+        os.sched_setaffinity(0, {a.pin})  # before TensorFlow starts its thread pools
     import tensorflow as tf
 
     from limaml_tf import make_synthetic, split_tasks
@@ -263,6 +269,20 @@ def _worker(argv):
 
     df, spec = make_synthetic(num_tasks=a.tasks, num_items=3700, mean_samples_per_task=165, seed=0)
     tasks = split_tasks(df, spec.fit(df), max_samples_per_task=256)
+    if a.pin is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy() if "TF_CONFIG" in os.environ else \
+            tf.distribute.get_strategy()
+        workers = strategy.num_replicas_in_sync
+        with strategy.scope():
+            model = build("limaml", tasks.spec, 1, False)
+        ds = tasks.dataset(TASKS_PER_BATCH * workers, repeat=True)  # global batch: 32 tasks per worker
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=a.steps, verbose=0)
+        print(json.dumps({"tasks_per_s": a.steps * TASKS_PER_BATCH * workers / (time.perf_counter() - start)}))
+        return
     if a.replicas:
         strategies = {1: tf.distribute.get_strategy(), 2: tf.distribute.MirroredStrategy(logical_cpus(2))}
         out = {}
@@ -316,12 +336,47 @@ def _run_worker(*argv) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pinned_workers(count: int, args) -> float:
+    """tasks/s of `count` worker processes pinned to cores 0..count-1 (MultiWorkerMirroredStrategy on
+    loopback when count > 1), as measured by worker 0."""
+    from limaml_tf.training import multi_worker_config
+
+    ports = [_free_port() for _ in range(count)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    procs = []
+    for i in range(count):
+        worker_env = {**env, **({"TF_CONFIG": multi_worker_config(ports, i)} if count > 1 else {})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.training_speed", "--worker", "--pin", str(i), "--tasks",
+             str(args.replica_tasks), "--steps", str(args.steps * 3)],
+            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a pinned worker failed (exit codes {[p.returncode for p in procs]})")
+    return json.loads(outs[0].strip().splitlines()[-1])["tasks_per_s"]
+
+
 def bench_replicas(args) -> dict:
     steps = _run_worker("--replicas", "2", "--tasks", str(args.replica_tasks), "--steps", str(args.steps * 3))
     print(f"\n(c) LiMAML n=1 fit on synthetic ML-1M-scale tasks, {TASKS_PER_BATCH} tasks per global batch: "
-          f"1 replica {steps['1']:.2f} steps/s, 2 replicas (MirroredStrategy, 2 logical CPUs) "
+          f"1 replica {steps['1']:.2f} steps/s, 2 replicas (MirroredStrategy, 2 logical CPUs in one process) "
           f"{steps['2']:.2f} steps/s -> {steps['2'] / steps['1']:.2f}x")
-    return steps
+    pinned = {1: [], 2: []}
+    for count in (1, 2) * args.pinned_repeats:  # interleaved
+        pinned[count].append(_pinned_workers(count, args))
+    one, two = (float(np.median(pinned[c])) for c in (1, 2))
+    print(f"    pinned worker processes, 1 core and 1 TF thread each, {TASKS_PER_BATCH} tasks per worker per step: "
+          f"1 worker {one:.0f} tasks/s, 2 workers (MultiWorkerMirroredStrategy, loopback) {two:.0f} tasks/s "
+          f"-> {two / one:.2f}x")
+    return {**steps, "pinned tasks/s": {1: one, 2: two}}
 
 
 def bench_memory(args) -> dict:
@@ -368,6 +423,7 @@ def main(argv=None):
     p.add_argument("--only", default="abcde", help="which parts to run, e.g. 'ab'")
     p.add_argument("--top-ops", type=int, default=6, help="op types shown per configuration in (e)")
     p.add_argument("--memory-budget", default="256MB", help="the max_tasks_per_chunk budget shown in (d)")
+    p.add_argument("--pinned-repeats", type=int, default=2, help="runs of 1 and of 2 pinned workers in (c)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     args.inner_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
