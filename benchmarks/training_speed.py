@@ -169,9 +169,9 @@ def bench_vectorized(tasks, args) -> dict:
     model = build("limaml", tasks.spec, 1, False)
     xla_model = build("limaml", tasks.spec, 1, False, jit=True)
     xla_model.set_weights(model.get_weights())
-    per_task = tf.function(lambda b: model.compute_gradients(b)[1])
-    vectorized = tf.function(lambda b: model.compute_gradients(b)[1])
-    vectorized_xla = tf.function(lambda b: xla_model.compute_gradients(b)[1])
+    def dense_gradients(m):  # embedding tables' gradients are IndexedSlices: dense, to sum them
+        return tf.function(lambda b: [tf.convert_to_tensor(g) for g in m.compute_gradients(b)[1]])
+    per_task, vectorized, vectorized_xla = dense_gradients(model), dense_gradients(model), dense_gradients(xla_model)
     results = {}
     print(f"\n(b) outer gradient of a batch, LiMAML n=1 second order, support {tasks.support_length} + query "
           f"{tasks.query_length} slots/task")
