@@ -8,8 +8,12 @@
     synthetic data at MovieLens-1M scale (6,040 tasks, median 165 samples per task);
 (b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
     gradients summed) at 64 and 256 tasks;
-(c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process);
-(d) peak memory (resident set growth of a fresh process over a training step) per configuration.
+(c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process),
+    and tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global batch 2x)
+    vs 1 such process (batch 1x);
+(e) an op-level profile (tf.profiler trace, ms per op type) of the step per configuration;
+(d) peak memory (resident set growth of a fresh process over a training step) for n = 1..5 and 32 / 128 /
+    512 tasks per batch, beside the graph-size bound a memory-budget `max_tasks_per_chunk` chooses from.
 
 A "step" is one outer step of `model.train_step` (encode, inner loops, outer gradient, Adam
 update) compiled with tf.function on one fixed task batch. Times are medians over repeats, and
@@ -80,7 +84,7 @@ def datasets(args):
 
 
 # -- models and compiled steps --------------------------------------------------
-def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit: bool = False):
+def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit: bool = False, chunk=None):
     import keras
 
     from limaml_tf import LiMAMLModel, MLPGlobalBlock, MLPMetaBlock, VanillaModel
@@ -90,7 +94,7 @@ def build(kind: str, spec, inner_steps: int = 1, first_order: bool = False, jit:
         model = VanillaModel(*blocks, spec)
     else:
         model = LiMAMLModel(*blocks, spec, inner_steps=inner_steps, inner_learning_rate=0.5, first_order=first_order,
-                            jit_inner_loop=jit)
+                            jit_inner_loop=jit, max_tasks_per_chunk=chunk)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -141,19 +145,19 @@ def bench_step_ratio(tasks_by_name: dict, args) -> dict:
         configs = {"vanilla": ("vanilla", 0, False, False)}
         for n in args.inner_steps:
             configs[f"n={n} 2nd"] = ("limaml", n, False, False)
+            configs[f"n={n} 2nd xla"] = ("limaml", n, False, True)
             configs[f"n={n} 1st"] = ("limaml", n, True, False)
-        configs["n=1 2nd xla"] = ("limaml", 1, False, True)
         configs["n=1 1st xla"] = ("limaml", 1, True, True)
         fns = {c: compiled_step(build(*config[:1], tasks.spec, *config[1:])) for c, config in configs.items()}
         times = interleaved(fns, {c: bundle for c in fns}, args.repeats, args.steps)
         print(f"\n(a) {name}: {TASKS_PER_BATCH} tasks/batch, support {tasks.support_length} + query "
               f"{tasks.query_length} slots/task; vanilla step {1e3 * times['vanilla']:.1f} ms")
-        print(f"    {'n':>3} {'2nd order':>12} {'1st order':>12}   (LiMAML step time / vanilla step time)")
+        print(f"    {'n':>3} {'2nd order':>12} {'2nd, XLA':>12} {'1st order':>12}   (LiMAML step time / vanilla "
+              "step time; XLA: jit_inner_loop=True, or 'auto' when the loop lowers to XLA)")
         for n in args.inner_steps:
-            print(f"    {n:>3} {times[f'n={n} 2nd'] / times['vanilla']:>11.2f}x "
-                  f"{times[f'n={n} 1st'] / times['vanilla']:>11.2f}x")
-        print(f"    n=1 with jit_inner_loop=True (XLA): {times['n=1 2nd xla'] / times['vanilla']:.2f}x 2nd order, "
-              f"{times['n=1 1st xla'] / times['vanilla']:.2f}x 1st order")
+            print(f"    {n:>3}" + "".join(f" {times[f'n={n} {c}'] / times['vanilla']:>11.2f}x"
+                                      for c in ("2nd", "2nd xla", "1st")))
+        print(f"    n=1 first order with XLA: {times['n=1 1st xla'] / times['vanilla']:.2f}x")
         results[name] = times
     return results
 
@@ -165,9 +169,9 @@ def bench_vectorized(tasks, args) -> dict:
     model = build("limaml", tasks.spec, 1, False)
     xla_model = build("limaml", tasks.spec, 1, False, jit=True)
     xla_model.set_weights(model.get_weights())
-    per_task = tf.function(lambda b: model.compute_gradients(b)[1])
-    vectorized = tf.function(lambda b: model.compute_gradients(b)[1])
-    vectorized_xla = tf.function(lambda b: xla_model.compute_gradients(b)[1])
+    def dense_gradients(m):  # embedding tables' gradients are IndexedSlices: dense, to sum them
+        return tf.function(lambda b: [tf.convert_to_tensor(g) for g in m.compute_gradients(b)[1]])
+    per_task, vectorized, vectorized_xla = dense_gradients(model), dense_gradients(model), dense_gradients(xla_model)
     results = {}
     print(f"\n(b) outer gradient of a batch, LiMAML n=1 second order, support {tasks.support_length} + query "
           f"{tasks.query_length} slots/task")
@@ -195,15 +199,69 @@ def bench_vectorized(tasks, args) -> dict:
     return results
 
 
+# -- (e) op-level profile -----------------------------------------------------------
+def op_times(fn, arg, steps: int = 5) -> dict:
+    """Milliseconds per call by TF op type (summed over threads) from a tf.profiler trace of `steps` calls."""
+    import collections
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    timed(fn, arg, 2)  # traced and warm
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        timed(fn, arg, steps)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    out = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor's threads
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name  # "op name:op type" for an op
+                if ":" in name and not name.startswith("ExecutorState"):
+                    out[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
+    return out
+
+
+def bench_profile(tasks, args) -> dict:
+    bundle = first_batch(tasks, TASKS_PER_BATCH)
+    configs = {"vanilla": ("vanilla", 0, False, False)}
+    for n in args.profile_steps:
+        configs[f"n={n} 2nd"] = ("limaml", n, False, False)
+    configs["n=1 2nd xla"] = ("limaml", 1, False, True)
+    configs["n=5 2nd xla"] = ("limaml", 5, False, True)
+    print(f"\n(e) op-level profile of a training step (tf.profiler; {TASKS_PER_BATCH} tasks, synthetic ML-1M scale): "
+          "ms per step by op type, summed over threads; top ops")
+    results = {}
+    for label, config in configs.items():
+        ops = op_times(compiled_step(build(*config[:1], tasks.spec, *config[1:])), bundle)
+        total = sum(ops.values())
+        results[label] = dict(ops)
+        print(f"    {label:<12} {total:6.1f} ms: " + ", ".join(
+            f"{op} {ms:.1f} ({100 * ms / total:.0f}%)" for op, ms in ops.most_common(args.top_ops)), flush=True)
+    return results
+
+
 # -- (c) replicas, (d) memory: fresh processes -----------------------------------
 def _worker(argv):
     """Runs in a fresh process: --replicas R (steps/s of fit) or --memory CONFIG (peak RSS growth)."""
     p = argparse.ArgumentParser()
     p.add_argument("--replicas", type=int)
-    p.add_argument("--memory")
+    p.add_argument("--memory", help="kind,n,first_order(0/1),tasks per batch[,max_tasks_per_chunk]")
+    p.add_argument("--estimate", action="store_true", help="also the step_memory estimate (2 more traces)")
     p.add_argument("--tasks", type=int, default=6040)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--pin", type=int, help="pinned to this core, 1 TF thread; MultiWorkerMirroredStrategy "
+                                           "when TF_CONFIG is set: tasks/s of fit")
     a = p.parse_args(argv)
+    if a.pin is not None:
+        os.sched_setaffinity(0, {a.pin})  # before TensorFlow starts its thread pools
     import tensorflow as tf
 
     from limaml_tf import make_synthetic, split_tasks
@@ -211,6 +269,20 @@ def _worker(argv):
 
     df, spec = make_synthetic(num_tasks=a.tasks, num_items=3700, mean_samples_per_task=165, seed=0)
     tasks = split_tasks(df, spec.fit(df), max_samples_per_task=256)
+    if a.pin is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy() if "TF_CONFIG" in os.environ else \
+            tf.distribute.get_strategy()
+        workers = strategy.num_replicas_in_sync
+        with strategy.scope():
+            model = build("limaml", tasks.spec, 1, False)
+        ds = tasks.dataset(TASKS_PER_BATCH * workers, repeat=True)  # global batch: 32 tasks per worker
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=a.steps, verbose=0)
+        print(json.dumps({"tasks_per_s": a.steps * TASKS_PER_BATCH * workers / (time.perf_counter() - start)}))
+        return
     if a.replicas:
         strategies = {1: tf.distribute.get_strategy(), 2: tf.distribute.MirroredStrategy(logical_cpus(2))}
         out = {}
@@ -224,10 +296,10 @@ def _worker(argv):
             out[r] = a.steps / (time.perf_counter() - start)
         print(json.dumps(out))
         return
-    kind, n, order = a.memory.split(",")
-    model = build(kind, tasks.spec, int(n), order == "1")
+    kind, n, order, batch, *chunk = a.memory.split(",")
+    model = build(kind, tasks.spec, int(n), order == "1", chunk=chunk[0] if chunk else None)
     fn = compiled_step(model)
-    bundle = first_batch(tasks, TASKS_PER_BATCH)
+    bundle = first_batch(tasks, int(batch))
     base = _rss()
     peak = [base]
     done = threading.Event()
@@ -243,8 +315,13 @@ def _worker(argv):
     timed(fn, bundle, 2)
     done.set()
     thread.join()
-    print(json.dumps({"peak_rss_growth_mb": (peak[0] - base) / 2**20,
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    out = {"peak_rss_growth_mb": (peak[0] - base) / 2**20,
+           "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    encoded = model.encode_bundle(bundle)
+    out["tasks_per_chunk"] = model.tasks_per_chunk(encoded) or int(batch)
+    if a.estimate:
+        out["estimate"] = model.step_memory(encoded)._asdict()
+    print(json.dumps(out))
 
 
 def _rss() -> int:
@@ -259,23 +336,78 @@ def _run_worker(*argv) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pinned_workers(count: int, args) -> float:
+    """tasks/s of `count` worker processes pinned to cores 0..count-1 (MultiWorkerMirroredStrategy on
+    loopback when count > 1), as measured by worker 0."""
+    from limaml_tf.training import multi_worker_config
+
+    ports = [_free_port() for _ in range(count)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    procs = []
+    for i in range(count):
+        worker_env = {**env, **({"TF_CONFIG": multi_worker_config(ports, i)} if count > 1 else {})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.training_speed", "--worker", "--pin", str(i), "--tasks",
+             str(args.replica_tasks), "--steps", str(args.steps * 3)],
+            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a pinned worker failed (exit codes {[p.returncode for p in procs]})")
+    return json.loads(outs[0].strip().splitlines()[-1])["tasks_per_s"]
+
+
 def bench_replicas(args) -> dict:
     steps = _run_worker("--replicas", "2", "--tasks", str(args.replica_tasks), "--steps", str(args.steps * 3))
     print(f"\n(c) LiMAML n=1 fit on synthetic ML-1M-scale tasks, {TASKS_PER_BATCH} tasks per global batch: "
-          f"1 replica {steps['1']:.2f} steps/s, 2 replicas (MirroredStrategy, 2 logical CPUs) "
+          f"1 replica {steps['1']:.2f} steps/s, 2 replicas (MirroredStrategy, 2 logical CPUs in one process) "
           f"{steps['2']:.2f} steps/s -> {steps['2'] / steps['1']:.2f}x")
-    return steps
+    pinned = {1: [], 2: []}
+    for count in (1, 2) * args.pinned_repeats:  # interleaved
+        pinned[count].append(_pinned_workers(count, args))
+    one, two = (float(np.median(pinned[c])) for c in (1, 2))
+    print(f"    pinned worker processes, 1 core and 1 TF thread each, {TASKS_PER_BATCH} tasks per worker per step: "
+          f"1 worker {one:.0f} tasks/s, 2 workers (MultiWorkerMirroredStrategy, loopback) {two:.0f} tasks/s "
+          f"-> {two / one:.2f}x")
+    return {**steps, "pinned tasks/s": {1: one, 2: two}}
 
 
 def bench_memory(args) -> dict:
-    print(f"\n(d) peak memory of a training step ({TASKS_PER_BATCH} tasks of 192 + 64 slots, fresh process each):")
-    out = {}
-    for label, config in [("vanilla", "vanilla,0,0"), ("LiMAML n=1 2nd order", "limaml,1,0"),
-                          ("LiMAML n=1 1st order", "limaml,1,1"), ("LiMAML n=5 2nd order", "limaml,5,0")]:
-        out[label] = _run_worker("--memory", config, "--tasks", str(args.replica_tasks))
-        print(f"    {label:<22} step peak RSS growth {out[label]['peak_rss_growth_mb']:7.1f} MB "
-              f"(process max RSS {out[label]['max_rss_mb']:.0f} MB)")
-    return out
+    """Peak RSS growth of a step, fresh process per configuration, with the graph-size bound of
+    `LiMAMLModel.step_memory` (the estimate a memory-budget `max_tasks_per_chunk` chooses from)."""
+    print("\n(d) peak memory of a training step, MB of resident-set growth (fresh process each; synthetic "
+          "ML-1M-scale tasks of 192 + 64 slots); [graph-size bound of the chunk, MB]")
+    configs = [("vanilla", "vanilla,0,0")] + [(f"n={n} 2nd order", f"limaml,{n},0") for n in args.memory_steps]
+    out, estimates = {}, {}
+    print(f"    {'':<16}" + "".join(f"{t:>10} tasks{'':>9}" for t in args.memory_batches))
+    for label, config in configs:
+        row = []
+        for t in args.memory_batches:
+            first = t == args.memory_batches[0] and not label.startswith("vanilla")
+            got = _run_worker("--memory", f"{config},{t}", "--tasks", str(args.replica_tasks),
+                              *(["--estimate"] if first else []))
+            estimates.setdefault(label, got.get("estimate"))
+            out[(label, t)] = got
+            bound = estimates[label] and (estimates[label]["fixed"] + estimates[label]["per_task"] * t) / 2**20
+            row.append(f"{got['peak_rss_growth_mb']:>12.1f}" + (f" [{bound:6.0f}]" if bound else f"{'':>9}"))
+        print(f"    {label:<16}" + "".join(row), flush=True)
+    ref = {t: out[("vanilla", t)]["peak_rss_growth_mb"] for t in args.memory_batches}
+    print("    ratio to vanilla: " + "; ".join(
+        f"{label} " + "/".join(f"{out[(label, t)]['peak_rss_growth_mb'] / ref[t]:.1f}x" for t in args.memory_batches)
+        for label, _ in configs[1:]))
+    n, t, budget = max(args.memory_steps), max(args.memory_batches), args.memory_budget
+    got = _run_worker("--memory", f"limaml,{n},0,{t},{budget}", "--tasks", str(args.replica_tasks))
+    print(f"    n={n}, {t} tasks, max_tasks_per_chunk={budget!r}: chunks of {got['tasks_per_chunk']} tasks, "
+          f"peak growth {got['peak_rss_growth_mb']:.1f} MB (unchunked {out[(f'n={n} 2nd order', t)]['peak_rss_growth_mb']:.1f} MB)")
+    out[("budget", budget)] = got
+    return {f"{k[0]} {k[1]}": v for k, v in out.items()}
 
 
 def main(argv=None):
@@ -288,11 +420,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="steps per timing")
     p.add_argument("--rows-1m", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--replica-tasks", type=int, default=1024, help="tasks generated for (c) and (d)")
-    p.add_argument("--only", default="abcd", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--only", default="abcde", help="which parts to run, e.g. 'ab'")
+    p.add_argument("--top-ops", type=int, default=6, help="op types shown per configuration in (e)")
+    p.add_argument("--memory-budget", default="256MB", help="the max_tasks_per_chunk budget shown in (d)")
+    p.add_argument("--pinned-repeats", type=int, default=2, help="runs of 1 and of 2 pinned workers in (c)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     args.inner_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
     args.task_counts = [64, 256]
+    args.memory_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]
+    args.memory_batches = [32, 128, 512]
+    args.profile_steps = [1, 2, 3, 5] if not args.quick else [1, 5]
     if args.quick:
         args.repeats = min(args.repeats, 3)
 
@@ -300,7 +438,7 @@ def main(argv=None):
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
     results = {}
-    tasks = datasets(args) if set(args.only) & set("ab") else {}
+    tasks = datasets(args) if set(args.only) & set("abe") else {}
     if "a" in args.only:
         results["a"] = bench_step_ratio(tasks, args)
     if "b" in args.only:
@@ -309,6 +447,8 @@ def main(argv=None):
         results["c"] = bench_replicas(args)
     if "d" in args.only:
         results["d"] = bench_memory(args)
+    if "e" in args.only:
+        results["e"] = bench_profile(tasks["synthetic ML-1M scale"], args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

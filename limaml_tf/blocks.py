@@ -6,7 +6,12 @@ The contract (any Keras layer or model can be a block):
   `limaml_tf.features`) of a batch of samples and returns the meta embedding,
   shape [batch, d]. It reads whatever keys it needs (usually the meta features).
 * a **global block** is called on the same dict plus the key `"meta_embedding"`
-  and returns logits, shape [batch] or [batch, 1].
+  and returns logits, shape [batch] or [batch, 1]. It may also define
+  `features_part(inputs)`: its work that does not read the meta embedding (a
+  deterministic function of the other features and its weights); `call` then
+  accepts that result under the key `FEATURES_PART` instead of recomputing it.
+  The inner loop computes it once per task batch rather than once per inner step
+  (`MLPGlobalBlock`: the feature embeddings and their share of the first layer).
 
 During the inner loop the model adapts *all trainable weights* of the meta block
 per task, through `stateless_call`. A meta block whose weights are mostly a large
@@ -20,6 +25,8 @@ import keras
 import tensorflow as tf
 
 from limaml_tf.features import Feature
+
+FEATURES_PART = "__global_features_part__"  # input key of a precomputed `features_part` (see above)
 
 
 def _as_features(features) -> list[Feature]:
@@ -51,6 +58,10 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         pass  # sub-layers build on their first call (the model calls every block once at construction)
+
+    @property
+    def output_dim(self) -> int:
+        return sum(1 if f.kind == "numeric" else self.embedding_dim for f in self.features)
 
     def call(self, inputs):
         parts = []
@@ -225,13 +236,30 @@ class MLPGlobalBlock(_GlobalBlockBase):
         self.drop = keras.layers.Dropout(dropout) if dropout else None
         self.logit = keras.layers.Dense(1, name="logit")
 
+    def _first(self):
+        return (self.hidden or [self.logit])[0]
+
+    def features_part(self, inputs):
+        """The first layer's pre-activation from the other features alone (bias included): the
+        first layer is split as [features, meta embedding] @ kernel = features @ kernel[:F] +
+        embedding @ kernel[F:], so its larger part does not depend on the meta embedding."""
+        first, width = self._first(), self.inputs_layer.output_dim
+        kernel = tf.cast(first.kernel[:width], self.compute_dtype)
+        return tf.matmul(self.inputs_layer(inputs), kernel) + tf.cast(first.bias, self.compute_dtype)
+
     def call(self, inputs, training=False):
-        x = self._inputs(inputs)
-        for layer in self.hidden:
-            x = layer(x)
+        embedding = tf.cast(inputs["meta_embedding"], self.compute_dtype)
+        first, width = self._first(), self.inputs_layer.output_dim
+        if not first.built:  # never called as a layer (its matmul is split): built here, once
+            first.build((None, width + embedding.shape[-1]))
+        part = inputs[FEATURES_PART] if FEATURES_PART in inputs else self.features_part(inputs)
+        x = first.activation(part + tf.matmul(embedding, tf.cast(first.kernel[width:], self.compute_dtype)))
+        for i, layer in enumerate(self.hidden):
+            if i:
+                x = layer(x)
             if self.drop is not None:
                 x = self.drop(x, training=training)
-        return self.logit(x)
+        return self.logit(x) if self.hidden else x
 
     def get_config(self):
         return {**super().get_config(), "hidden_units": self.hidden_units, "activation": self.activation,

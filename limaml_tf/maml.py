@@ -20,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
+import keras
 import tensorflow as tf
 
 from limaml_tf.artifacts import AGGREGATIONS  # noqa: F401  (re-exported; the adapter config names one)
-from limaml_tf.blocks import TaskParameterizedMetaBlock
+from limaml_tf.blocks import FEATURES_PART, TaskParameterizedMetaBlock
 
 # A block may draw up to this many random tensors in one forward pass: Keras' SeedGenerator adds 1 to
 # the second seed component per draw, and consecutive passes of a task are this far apart.
@@ -83,6 +84,26 @@ def call_block(block, params, inputs, seed, training):
     kwargs = {"training": training} if block._call_has_training_arg else {}
     out, _ = block.stateless_call(params, non_trainable, inputs, **kwargs)
     return out
+
+
+def call_block_method(block, params, method, *args):
+    """block.<method>(*args) with explicit trainable weights (as `call_block`, for a method other than call)."""
+    mapping = list(zip(block.trainable_variables, params))
+    mapping += [(v, v.value) for v in block.non_trainable_variables]
+    with keras.StatelessScope(state_mapping=mapping):
+        return getattr(block, method)(*args)
+
+
+def with_global_features_part(net: Network, weights: Weights, features):
+    """`features` ([T, S, ...] encoded) plus the global block's `features_part`, computed once for all
+    tasks and slots, outside the vectorized loop, when the block has one and is not adapted: its value
+    is then the same at every inner step (see `limaml_tf.blocks`)."""
+    if net.adapt_global_block or not callable(getattr(net.global_block, "features_part", None)):
+        return features
+    lead = tf.shape(next(iter(features.values())))[:2]
+    flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in features.items()}
+    part = call_block_method(net.global_block, weights.global_, "features_part", flat)
+    return {**features, FEATURES_PART: tf.reshape(part, tf.concat([lead, tf.shape(part)[1:]], 0))}
 
 
 def _pass_seed(task, forward_pass):
@@ -155,8 +176,8 @@ def vectorized(fn, elems, fallback_to_while_loop: bool):
     return tf.vectorized_map(fn, elems, fallback_to_while_loop=fallback_to_while_loop)
 
 
-def _set(encoded, name):
-    return encoded[name], encoded[f"{name}_label"], encoded[f"{name}_mask"]
+def _set(net: Network, weights: Weights, encoded, name):
+    return with_global_features_part(net, weights, encoded[name]), encoded[f"{name}_label"], encoded[f"{name}_mask"]
 
 
 def _tasks(net: Network, weights: Weights, task_id, seed):
@@ -185,7 +206,7 @@ def adapt_and_score(net: Network, weights: Weights, encoded, steps: int, learnin
             out["unadapted_loss"] = _unadapted_loss(net, weights, support, query, task, steps + 1, training)
         return out
 
-    return vectorized(one_task, (_set(encoded, "support"), _set(encoded, "query"),
+    return vectorized(one_task, (_set(net, weights, encoded, "support"), _set(net, weights, encoded, "query"),
                                   _tasks(net, weights, encoded["task_id"], encoded["task_seed"])),
                       fallback_to_while_loop)
 
@@ -222,6 +243,7 @@ def meta_embeddings(net: Network, weights: Weights, support, latest, task_id, st
         embs = embed(net, meta_p, s_x, task["seed"], False)
         return tf.where(tf.reduce_sum(s_m) > 0, pool(embs, s_m, last_emb, aggregation), last_emb)
 
+    features = with_global_features_part(net, weights, features)
     elems = (features, labels, mask, latest, _tasks(net, weights, task_id, seeds))
     return vectorized(one_task, elems, False)
 

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 import limaml_tf
-from limaml_tf import distribute, maml
+from limaml_tf import distribute, maml, memory
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.features import FeatureEncoder, FeatureSpec
 from limaml_tf.tasks import SETS, check_saved_version, non_negative_int, non_negative_number
@@ -62,14 +62,19 @@ class LiMAMLModel(keras.Model):
       adapt_global_block: adapt the global block too (entire-network MAML).
       eval_steps / eval_learning_rate: adaptation at evaluation; default n and α.
       max_tasks_per_chunk: process at most this many tasks at once (bounds memory; the gradient is
-        accumulated over chunks and equals the unchunked one, random draws included).
+        accumulated over chunks and equals the unchunked one, random draws included); or a memory
+        budget the chunk is chosen from: a size such as "512MB" / "2GiB", or "auto" (a quarter of the
+        memory available when the step is traced). See `limaml_tf.memory`.
       support_dropout: in training, the fraction of tasks whose support set is hidden, so their query
         loss trains the un-adapted model too (the cold-start path of tasks with no recent samples).
       mixed_loss_weight: λ; the outer loss adds λ × the un-adapted network's loss on every real sample
         of the task (support and query), so the global block learns from all data (not in the paper).
       learn_inner_learning_rate: Meta-SGD — one trainable rate per adapted weight (initialised at α),
         learned through the inner loop; it then replaces α (and `eval_learning_rate`) everywhere.
-      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA.
+      jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA: True
+        (the blocks must be XLA-compilable), False, or "auto": XLA whenever the loop lowers to XLA
+        (checked once per batch shape; else the TF graph). XLA measured faster for every n on CPU
+        (docs/training_at_scale.md), but compiles anew for each batch shape (seconds to a minute).
 
     >>> import keras, limaml_tf as lt
     >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
@@ -88,7 +93,7 @@ class LiMAMLModel(keras.Model):
     def __init__(self, meta_block, global_block, spec: FeatureSpec | dict, inner_steps: int = 1,
                  inner_learning_rate: float = 0.1, first_order: bool = False, adapt_global_block: bool = False,
                  eval_steps: int | None = None, eval_learning_rate: float | None = None,
-                 max_tasks_per_chunk: int | None = None, jit_inner_loop: bool = False,
+                 max_tasks_per_chunk: int | str | None = None, jit_inner_loop: bool | str = False,
                  support_dropout: float = 0.0, mixed_loss_weight: float = 0.0,
                  learn_inner_learning_rate: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -104,16 +109,18 @@ class LiMAMLModel(keras.Model):
         self.eval_steps = self.inner_steps if eval_steps is None else non_negative_int("eval_steps", eval_steps)
         self.eval_learning_rate = (self.inner_learning_rate if eval_learning_rate is None
                                    else non_negative_number("eval_learning_rate", eval_learning_rate))
-        if max_tasks_per_chunk is not None and int(max_tasks_per_chunk) < 1:
-            raise ValueError(f"max_tasks_per_chunk must be a positive integer or None, got {max_tasks_per_chunk}")
         self.max_tasks_per_chunk = max_tasks_per_chunk
-        self.jit_inner_loop = bool(jit_inner_loop)
+        self._step_memory = _Untracked()  # chunk shapes -> memory.StepMemory (budgeted chunking)
+        if jit_inner_loop not in (True, False, "auto"):
+            raise ValueError(f"jit_inner_loop must be True, False or 'auto' (XLA when the loop compiles), "
+                             f"got {jit_inner_loop!r}")
+        self.jit_inner_loop = jit_inner_loop
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
         self.support_dropout = float(support_dropout)
         self.mixed_loss_weight = non_negative_number("mixed_loss_weight", mixed_loss_weight)
         self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
-        self._jit_scores = None
+        self._jit_scores, self._xla_lowers = None, _Untracked()  # XLA-compiled loop; "auto": shape -> lowers?
         self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
         dummy = self.encoder(self.spec.dummy_inputs(2))
         self.global_logits(dummy, self.embed(dummy))  # builds the blocks: the rates take their shapes
@@ -227,14 +234,35 @@ class LiMAMLModel(keras.Model):
         count = tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, encoded["query_mask"].dtype))
         return tf.maximum(distribute.sum_over_replicas(count), 1.0)
 
-    def objective(self, chunk, normalizer, training=True):
-        """(this chunk's share of the outer loss, query logits [T, Q])."""
+    def uses_xla(self, chunk, training=True) -> bool:
+        """Whether a training step on `chunk` compiles its inner + outer loop with XLA: `jit_inner_loop`,
+        where "auto" means whenever the chunk's loop lowers to XLA (checked once per shape)."""
+        if self.jit_inner_loop != "auto":
+            return bool(self.jit_inner_loop)
+        specs = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), chunk)
+        key = (tuple((tuple(s.shape), s.dtype.name) for s in tf.nest.flatten(specs)), bool(training))
+        if key not in self._xla_lowers:
+            try:
+                with tf.init_scope():  # lowered eagerly, on zeros of the chunk's shapes
+                    zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)
+                    self._xla_scores().experimental_get_compiler_ir(zeros, training)(stage="hlo")
+                self._xla_lowers[key] = True
+            except Exception:  # noqa: BLE001 - any op XLA cannot compile: run the TF graph instead
+                self._xla_lowers[key] = False
+        return self._xla_lowers[key]
+
+    def _xla_scores(self):
+        if self._jit_scores is None:
+            mixed = self.mixed_loss_weight > 0
+            self._jit_scores = tf.function(lambda enc, training: self._scores(
+                enc, self.inner_steps, self.inner_learning_rate, training, mixed), jit_compile=True)
+        return self._jit_scores
+
+    def objective(self, chunk, normalizer, training=True, jit=None):
+        """(this chunk's share of the outer loss, query logits [T, Q]); `jit` None: `jit_inner_loop`."""
         mixed = self.mixed_loss_weight > 0
-        if self.jit_inner_loop:
-            if self._jit_scores is None:
-                self._jit_scores = tf.function(lambda enc, training: self._scores(
-                    enc, self.inner_steps, self.inner_learning_rate, training, mixed), jit_compile=True)
-            out = self._jit_scores(chunk, training)
+        if self.uses_xla(chunk, training) if jit is None else jit:
+            out = self._xla_scores()(chunk, training)
         else:
             out = self._scores(chunk, self.inner_steps, self.inner_learning_rate, training, mixed)
         has_query = tf.cast(tf.reduce_sum(chunk["query_mask"], -1) > 0, out["query_loss"].dtype)
@@ -243,12 +271,54 @@ class LiMAMLModel(keras.Model):
             per_task = per_task + self.mixed_loss_weight * out["unadapted_loss"]
         return tf.reduce_sum(per_task * has_query) / tf.cast(normalizer, per_task.dtype), out["query_logits"]
 
-    def _chunks(self, encoded):
+    @property
+    def max_tasks_per_chunk(self):
+        return self._max_tasks_per_chunk
+
+    @max_tasks_per_chunk.setter
+    def max_tasks_per_chunk(self, value):
+        """Settable after construction (e.g. a budget for the machine a loaded model trains on)."""
+        self._chunking = memory.chunk_setting(value)
+        self._max_tasks_per_chunk = value
+
+    def tasks_per_chunk(self, encoded) -> int | None:
+        """Tasks per chunk for this encoded bundle (None: one chunk), from `max_tasks_per_chunk`."""
         t = encoded["query_mask"].shape[0]
-        size = self.max_tasks_per_chunk
-        if not size or t is None:  # t is None: a per-replica batch of unknown size
+        if t is None:  # a per-replica batch of unknown size
+            return None
+        budget = memory.budget_bytes(self._chunking)
+        if budget is None:
+            return self._chunking.tasks
+        return self.step_memory(encoded).tasks_within(budget, t)
+
+    def step_memory(self, encoded) -> memory.StepMemory:
+        """Estimated memory of the gradient of a chunk of this bundle's shapes (see `limaml_tf.memory`);
+        traced without XLA, once per shape."""
+        key = tuple((tuple(a.shape[1:]), a.dtype.name) for a in tf.nest.flatten(encoded))
+        if key not in self._step_memory:
+            def chunk_bytes(tasks):
+                probe = tf.nest.map_structure(lambda a: tf.TensorSpec([tasks, *a.shape[1:]], a.dtype), encoded)
+                fn = tf.function(lambda chunk: self._chunk_gradients(chunk, 1.0, jit=False))
+                return memory.graph_bytes(fn.get_concrete_function(probe).graph)
+            self._step_memory[key] = memory.fit_step_memory(chunk_bytes)
+        return self._step_memory[key]
+
+    def _chunks(self, encoded):
+        size = self.tasks_per_chunk(encoded)
+        if not size:
             return [encoded]
+        t = encoded["query_mask"].shape[0]
         return [tf.nest.map_structure(lambda a: a[s:s + size], encoded) for s in range(0, t, size)]
+
+    def _chunk_gradients(self, chunk, normalizer, regularize=False, jit=None):
+        """(loss, gradients for self.trainable_variables, query logits) of one chunk of tasks."""
+        optimizer = getattr(self, "optimizer", None)
+        with tf.GradientTape() as tape:
+            loss, q_logits = self.objective(chunk, normalizer, training=True, jit=jit)
+            if regularize and self.losses:  # regularization, once per step (a 1/R share per replica)
+                loss += tf.cast(tf.add_n(self.losses), loss.dtype) / distribute.num_replicas()
+            scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
+        return loss, tape.gradient(scaled, self.trainable_variables), q_logits
 
     def compute_gradients(self, bundle):
         """(loss, gradients for self.trainable_variables, query logits, encoded bundle) of one training
@@ -259,20 +329,21 @@ class LiMAMLModel(keras.Model):
         encoded = self.encode_bundle(bundle, step)
         if self.support_dropout:
             encoded = self._hide_supports(encoded)
+        return (*self.encoded_gradients(encoded), encoded)
+
+    def encoded_gradients(self, encoded):
+        """(loss, gradients, query logits) of an encoded bundle, chunk by chunk (`compute_gradients`
+        after feature encoding)."""
         normalizer = self.normalizer(encoded)
         variables = self.trainable_variables
         total, grads, logits = 0.0, [None] * len(variables), []
         for i, chunk in enumerate(self._chunks(encoded)):
-            with tf.GradientTape() as tape:
-                loss, q_logits = self.objective(chunk, normalizer, training=True)
-                if i == 0 and self.losses:  # regularization, once per step (a 1/R share per replica)
-                    loss += tf.cast(tf.add_n(self.losses), loss.dtype) / distribute.num_replicas()
-                scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
-            grads = [distribute.add_gradients(g, c) for g, c in zip(grads, tape.gradient(scaled, variables))]
+            loss, chunk_grads, q_logits = self._chunk_gradients(chunk, normalizer, regularize=i == 0)
+            grads = [distribute.add_gradients(g, c) for g, c in zip(grads, chunk_grads)]
             total += loss
             logits.append(q_logits)
         grads = [tf.zeros_like(v) if g is None else distribute.merge_duplicate_rows(g) for g, v in zip(grads, variables)]
-        return total, grads, tf.concat(logits, 0), encoded
+        return total, grads, tf.concat(logits, 0)
 
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data

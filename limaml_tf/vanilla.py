@@ -33,7 +33,7 @@ class VanillaModel(LiMAMLModel):
         count = sum(tf.reduce_sum(encoded[f"{n}_mask"]) for n in SETS)
         return tf.maximum(distribute.sum_over_replicas(count), 1.0)
 
-    def objective(self, chunk, normalizer, training=True):
+    def objective(self, chunk, normalizer, training=True, jit=None):
         """Every real sample through the un-adapted network: (summed loss / normalizer, query logits)."""
         total, logits = 0.0, None
         for name in SETS:

@@ -100,3 +100,24 @@ def test_xla_inner_loop_gives_the_same_gradients(tasks):
     for a, b in zip(grads[True][1], grads[False][1]):
         np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-4, atol=1e-6)
     assert LiMAMLModel.from_config(model.get_config()).jit_inner_loop
+
+
+def test_xla_auto_uses_xla_when_the_loop_lowers_and_bad_values_are_named(tasks, monkeypatch):
+    spec = tasks.spec
+    encoded = None
+
+    def model(**kw):
+        nonlocal encoded
+        m = LiMAMLModel(MLPMetaBlock(spec.meta_features, output_dim=4, hidden_units=(8,)),
+                        MLPGlobalBlock(spec.other_features, hidden_units=(8,), embedding_dim=4), spec, **kw)
+        encoded = m.encode_bundle(next(iter(tasks.dataset(4, shuffle=False))))
+        return m
+    assert [model(jit_inner_loop=j).uses_xla(encoded) for j in (False, True, "auto")] == [False, True, True]
+    unsupported = model(jit_inner_loop="auto")
+
+    def fails(*args):
+        raise tf.errors.InvalidArgumentError(None, None, "Detected unsupported operations")
+    monkeypatch.setattr(unsupported._xla_scores(), "experimental_get_compiler_ir", fails)
+    assert not unsupported.uses_xla(encoded)  # an op XLA cannot compile: the TF graph runs instead
+    with pytest.raises(ValueError, match="jit_inner_loop must be True, False or 'auto'"):
+        model(jit_inner_loop="yes")
