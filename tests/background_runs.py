@@ -113,7 +113,7 @@ def setup(top: str) -> None:
     export_adapter(model, os.path.join(top, "adapter"), model_version="1")
     train_df, _ = make_synthetic(num_tasks=40, mean_samples_per_task=20, seed=3)
     train_df.to_csv(os.path.join(top, "train.csv"), index=False)
-    make_synthetic(num_tasks=20, mean_samples_per_task=20, seed=4)[0].to_csv(os.path.join(top, "held_out.csv"))
+    make_synthetic(num_tasks=20, mean_samples_per_task=20, seed=4)[0].to_csv(os.path.join(top, "held_out.csv"), index=False)
     template = os.path.join(top, "template")
     arm(template, None, os.path.join(top, "setup-writes.log"))  # how many writes a run makes
     export_and_refresh(template, 0, AS_OF[0])
