@@ -14,10 +14,10 @@ before that operation runs), k drawn from the seed over the writes of the setup'
   per seed     copy of the setup; export version 2 + refresh as of AS_OF[1] + publish, killed at write k
                -> a snapshot of the directory as the kill left it -> the same run again, not killed
   training     `limaml train --config examples/synthetic.yaml` on a small CSV, killed at the k-th write
-               after its first backup -> the same command again (it resumes from the backup)
-               -> `limaml export` of the trained model.keras
-  movielens    `limaml train --config examples/movielens.yaml` on small MovieLens-format files, then
-               `limaml evaluate` of the model on held-out rows
+               after its first backup -> the same command again (it resumes from the backup; --no-export)
+               -> `limaml export` of the trained model.keras (serving export + adapter)
+               -> `limaml evaluate` of it on a held-out CSV
+  movielens    `limaml train --config examples/movielens.yaml` on small MovieLens-format files
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def setup(top: str) -> None:
     export_adapter(model, os.path.join(top, "adapter"), model_version="1")
     train_df, _ = make_synthetic(num_tasks=40, mean_samples_per_task=20, seed=3)
     train_df.to_csv(os.path.join(top, "train.csv"), index=False)
+    make_synthetic(num_tasks=20, mean_samples_per_task=20, seed=4)[0].to_csv(os.path.join(top, "held_out.csv"), index=False)
     template = os.path.join(top, "template")
     arm(template, None, os.path.join(top, "setup-writes.log"))  # how many writes a run makes
     export_and_refresh(template, 0, AS_OF[0])
@@ -122,8 +123,8 @@ def train(top: str, kill_at: int | None) -> None:
     out = os.path.join(top, "train")
     if kill_at:
         arm(out, kill_at, os.path.join(top, "train-writes.log"), after="training_metadata.json")
-    argv = ["train", "--config", os.path.join(REPO, "examples", "synthetic.yaml"), "--data-path", os.path.join(top, "train.csv"),
-            "--epochs", str(TRAIN_EPOCHS), "--out", out, "--saved-models", os.path.join(top, "train_saved_models")]
+    argv = ["train", "--config", os.path.join(REPO, "examples", "synthetic.yaml"), "--data-path",
+            os.path.join(top, "train.csv"), "--epochs", str(TRAIN_EPOCHS), "--out", out, "--no-export"]
     cli(argv)
 
 
@@ -141,9 +142,11 @@ def train_chain(top: str, seed: int) -> dict:
 
     k = int(np.random.default_rng(seed).integers(1, 9))
     out = {"kill_at": k, "killed": fork(train, top, k), "resumed": fork(train, top, None)}
-    out["export"] = fork(cli, ["export", os.path.join(top, "train", "model.keras"), "--saved-models",
-                               os.path.join(top, "exported"), "--model-name", "again", "--data",
-                               os.path.join(top, "train.csv")])
+    model = os.path.join(top, "train", "model.keras")
+    out["export"] = fork(cli, ["export", model, "--saved-models", os.path.join(top, "exported"), "--model-name",
+                               "again", "--data", os.path.join(top, "train.csv")])
+    out["evaluate"] = fork(cli, ["evaluate", model, "--data", os.path.join(top, "held_out.csv"), "--out",
+                                 os.path.join(top, "evaluate.json")])
     return out
 
 
@@ -167,18 +170,12 @@ def seed_chain(top: str, seed: int, total: int) -> dict:
 def movielens(top: str) -> dict:
     import pathlib
 
-    from limaml_tf.movielens import load_tasks_frame
     from tests.movielens_fixtures import write_ml100k
 
     data = write_ml100k(pathlib.Path(top) / "ml-100k", extra_users=30, ratings_per_user=16)
-    out = os.path.join(top, "movielens")
-    result = {"train": fork(cli, ["train", "--config", os.path.join(REPO, "examples", "movielens.yaml"),
-                                  "--data-path", str(data), "--epochs", "2", "--out", out, "--no-export"])}
-    held_out = os.path.join(top, "movielens_held_out.parquet")
-    load_tasks_frame("ml-100k", str(data)).tail(200).to_parquet(held_out)
-    result["evaluate"] = fork(cli, ["evaluate", os.path.join(out, "model.keras"), "--data", held_out, "--out",
-                                    os.path.join(top, "movielens_evaluate.json")])
-    return result
+    return {"train": fork(cli, ["train", "--config", os.path.join(REPO, "examples", "movielens.yaml"),
+                                "--data-path", str(data), "--epochs", "1", "--out", os.path.join(top, "movielens"),
+                                "--no-export"])}
 
 
 def in_parallel(jobs: dict, top: str, slots: int = 2) -> dict:
