@@ -111,6 +111,7 @@ class LiMAMLModel(keras.Model):
                                    else non_negative_number("eval_learning_rate", eval_learning_rate))
         self.max_tasks_per_chunk = max_tasks_per_chunk
         self._step_memory = _Untracked()  # chunk shapes -> memory.StepMemory (budgeted chunking)
+        self._chunk_fn = None  # the compiled gradient of one chunk (several chunks in a graph)
         if jit_inner_loop not in (True, False, "auto"):
             raise ValueError(f"jit_inner_loop must be True, False or 'auto' (XLA when the loop compiles), "
                              f"got {jit_inner_loop!r}")
@@ -337,8 +338,20 @@ class LiMAMLModel(keras.Model):
         normalizer = self.normalizer(encoded)
         variables = self.trainable_variables
         total, grads, logits = 0.0, [None] * len(variables), []
-        for i, chunk in enumerate(self._chunks(encoded)):
-            loss, chunk_grads, q_logits = self._chunk_gradients(chunk, normalizer, regularize=i == 0)
+        chunks = self._chunks(encoded)
+        gradients_of = self._chunk_gradients
+        if len(chunks) > 1 and not tf.executing_eagerly():
+            # one function called per chunk (not inlined: the graph holds one chunk's ops, not k copies),
+            # one call after the other (else the executor would run them all at once): at most one
+            # chunk's inner loop is in memory
+            if self._chunk_fn is None:
+                self._chunk_fn = tf.function(self._chunk_gradients, experimental_attributes={"_noinline": True})
+            gradients_of = self._chunk_fn
+        for i, chunk in enumerate(chunks):
+            if i and gradients_of is self._chunk_fn:
+                with tf.control_dependencies([g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]):
+                    chunk = tf.nest.map_structure(tf.identity, chunk)
+            loss, chunk_grads, q_logits = gradients_of(chunk, normalizer, regularize=i == 0 and bool(self.losses))
             grads = [distribute.add_gradients(g, c) for g, c in zip(grads, chunk_grads)]
             total += loss
             logits.append(q_logits)
