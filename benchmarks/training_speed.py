@@ -155,7 +155,7 @@ def bench_step_ratio(tasks_by_name: dict, args) -> dict:
         print(f"\n(a) {name}: {TASKS_PER_BATCH} tasks/batch, support {tasks.support_length} + query "
               f"{tasks.query_length} slots/task; vanilla step {1e3 * times['vanilla']:.1f} ms")
         print(f"    {'n':>3} {'2nd order':>12} {'2nd, XLA':>12} {'1st order':>12}   (LiMAML step time / vanilla "
-              "step time; XLA: jit_inner_loop=True, or 'auto' when the loop lowers to XLA)")
+              "step time; XLA: jit_inner_loop=True, what 'auto' picks from n = 2)")
         for n in args.inner_steps:
             print(f"    {n:>3}" + "".join(f" {times[f'n={n} {c}'] / times['vanilla']:>11.2f}x"
                                       for c in ("2nd", "2nd xla", "1st")))
