@@ -12,7 +12,8 @@
     and tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global batch 2x)
     vs 1 such process (batch 1x);
 (e) an op-level profile (tf.profiler trace, ms per op type) of the step per configuration;
-(d) peak memory (resident set growth of a fresh process over a training step) for n = 1..5 and 32 / 128 /
+(d) peak memory of a training step (resident-set growth over two steps of a fresh process, after the
+    step was traced and run twice and freed memory returned to the system) for n = 1..5 and 32 / 128 /
     512 tasks per batch, beside the graph-size bound a memory-budget `max_tasks_per_chunk` chooses from.
 
 A "step" is one outer step of `model.train_step` (encode, inner loops, outer gradient, Adam
@@ -23,6 +24,7 @@ the configurations are interleaved in every repeat so that load from other proce
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -153,7 +155,7 @@ def bench_step_ratio(tasks_by_name: dict, args) -> dict:
         print(f"\n(a) {name}: {TASKS_PER_BATCH} tasks/batch, support {tasks.support_length} + query "
               f"{tasks.query_length} slots/task; vanilla step {1e3 * times['vanilla']:.1f} ms")
         print(f"    {'n':>3} {'2nd order':>12} {'2nd, XLA':>12} {'1st order':>12}   (LiMAML step time / vanilla "
-              "step time; XLA: jit_inner_loop=True, or 'auto' when the loop lowers to XLA)")
+              "step time; XLA: jit_inner_loop=True, what 'auto' picks from n = 2)")
         for n in args.inner_steps:
             print(f"    {n:>3}" + "".join(f" {times[f'n={n} {c}'] / times['vanilla']:>11.2f}x"
                                       for c in ("2nd", "2nd xla", "1st")))
@@ -300,6 +302,8 @@ def _worker(argv):
     model = build(kind, tasks.spec, int(n), order == "1", chunk=chunk[0] if chunk else None)
     fn = compiled_step(model)
     bundle = first_batch(tasks, int(batch))
+    timed(fn, bundle, 2)  # traced (tracing and graph optimization take memory of their own) and warm
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # memory freed by then goes back to the system
     base = _rss()
     peak = [base]
     done = threading.Event()
@@ -311,7 +315,6 @@ def _worker(argv):
 
     thread = threading.Thread(target=sample)
     thread.start()
-    timed(fn, bundle, 1)  # the first call traces; run two more to see the steady state
     timed(fn, bundle, 2)
     done.set()
     thread.join()
@@ -382,8 +385,8 @@ def bench_replicas(args) -> dict:
 def bench_memory(args) -> dict:
     """Peak RSS growth of a step, fresh process per configuration, with the graph-size bound of
     `LiMAMLModel.step_memory` (the estimate a memory-budget `max_tasks_per_chunk` chooses from)."""
-    print("\n(d) peak memory of a training step, MB of resident-set growth (fresh process each; synthetic "
-          "ML-1M-scale tasks of 192 + 64 slots); [graph-size bound of the chunk, MB]")
+    print("\n(d) peak memory of a training step, MB of resident-set growth over 2 steps once traced and warm "
+          "(fresh process each; synthetic ML-1M-scale tasks of 192 + 64 slots); [graph-size bound of the chunk, MB]")
     configs = [("vanilla", "vanilla,0,0")] + [(f"n={n} 2nd order", f"limaml,{n},0") for n in args.memory_steps]
     out, estimates = {}, {}
     print(f"    {'':<16}" + "".join(f"{t:>10} tasks{'':>9}" for t in args.memory_batches))

@@ -72,9 +72,10 @@ class LiMAMLModel(keras.Model):
       learn_inner_learning_rate: Meta-SGD — one trainable rate per adapted weight (initialised at α),
         learned through the inner loop; it then replaces α (and `eval_learning_rate`) everywhere.
       jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA: True
-        (the blocks must be XLA-compilable), False, or "auto": XLA whenever the loop lowers to XLA
-        (checked once per batch shape; else the TF graph). XLA measured faster for every n on CPU
-        (docs/training_at_scale.md), but compiles anew for each batch shape (seconds to a minute).
+        (the blocks must be XLA-compilable), False, or "auto": XLA from 2 inner steps on, where it
+        measured 1.1-1.5x faster on CPU, when the loop lowers to XLA (checked once per batch shape;
+        else the TF graph); at n = 1 it was as often slower as faster (docs/training_at_scale.md).
+        XLA compiles anew for each batch shape (seconds to a minute).
 
     >>> import keras, limaml_tf as lt
     >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
@@ -111,9 +112,10 @@ class LiMAMLModel(keras.Model):
                                    else non_negative_number("eval_learning_rate", eval_learning_rate))
         self.max_tasks_per_chunk = max_tasks_per_chunk
         self._step_memory = _Untracked()  # chunk shapes -> memory.StepMemory (budgeted chunking)
+        self._chunk_fn = None  # the compiled gradient of one chunk (several chunks in a graph)
         if jit_inner_loop not in (True, False, "auto"):
-            raise ValueError(f"jit_inner_loop must be True, False or 'auto' (XLA when the loop compiles), "
-                             f"got {jit_inner_loop!r}")
+            raise ValueError("jit_inner_loop must be True, False or 'auto' (XLA from 2 inner steps when the loop "
+                             f"compiles), got {jit_inner_loop!r}")
         self.jit_inner_loop = jit_inner_loop
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
@@ -236,9 +238,12 @@ class LiMAMLModel(keras.Model):
 
     def uses_xla(self, chunk, training=True) -> bool:
         """Whether a training step on `chunk` compiles its inner + outer loop with XLA: `jit_inner_loop`,
-        where "auto" means whenever the chunk's loop lowers to XLA (checked once per shape)."""
+        where "auto" means from 2 inner steps on, when the chunk's loop lowers to XLA (checked once per
+        shape)."""
         if self.jit_inner_loop != "auto":
             return bool(self.jit_inner_loop)
+        if self.inner_steps < 2:
+            return False
         specs = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), chunk)
         key = (tuple((tuple(s.shape), s.dtype.name) for s in tf.nest.flatten(specs)), bool(training))
         if key not in self._xla_lowers:
@@ -337,8 +342,20 @@ class LiMAMLModel(keras.Model):
         normalizer = self.normalizer(encoded)
         variables = self.trainable_variables
         total, grads, logits = 0.0, [None] * len(variables), []
-        for i, chunk in enumerate(self._chunks(encoded)):
-            loss, chunk_grads, q_logits = self._chunk_gradients(chunk, normalizer, regularize=i == 0)
+        chunks = self._chunks(encoded)
+        gradients_of = self._chunk_gradients
+        if len(chunks) > 1 and not tf.executing_eagerly():
+            # one function called per chunk (not inlined: the graph holds one chunk's ops, not k copies),
+            # one call after the other (else the executor would run them all at once): at most one
+            # chunk's inner loop is in memory
+            if self._chunk_fn is None:
+                self._chunk_fn = tf.function(self._chunk_gradients, experimental_attributes={"_noinline": True})
+            gradients_of = self._chunk_fn
+        for i, chunk in enumerate(chunks):
+            if i and gradients_of is self._chunk_fn:
+                with tf.control_dependencies([g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]):
+                    chunk = tf.nest.map_structure(tf.identity, chunk)
+            loss, chunk_grads, q_logits = gradients_of(chunk, normalizer, regularize=i == 0 and bool(self.losses))
             grads = [distribute.add_gradients(g, c) for g, c in zip(grads, chunk_grads)]
             total += loss
             logits.append(q_logits)

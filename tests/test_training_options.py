@@ -102,7 +102,7 @@ def test_xla_inner_loop_gives_the_same_gradients(tasks):
     assert LiMAMLModel.from_config(model.get_config()).jit_inner_loop
 
 
-def test_xla_auto_uses_xla_when_the_loop_lowers_and_bad_values_are_named(tasks, monkeypatch):
+def test_xla_auto_from_two_steps_when_the_loop_lowers_and_bad_values_are_named(tasks, monkeypatch):
     spec = tasks.spec
     encoded = None
 
@@ -112,8 +112,9 @@ def test_xla_auto_uses_xla_when_the_loop_lowers_and_bad_values_are_named(tasks, 
                         MLPGlobalBlock(spec.other_features, hidden_units=(8,), embedding_dim=4), spec, **kw)
         encoded = m.encode_bundle(next(iter(tasks.dataset(4, shuffle=False))))
         return m
-    assert [model(jit_inner_loop=j).uses_xla(encoded) for j in (False, True, "auto")] == [False, True, True]
-    unsupported = model(jit_inner_loop="auto")
+    assert [model(jit_inner_loop=j).uses_xla(encoded) for j in (False, True)] == [False, True]
+    assert [model(jit_inner_loop="auto", inner_steps=n).uses_xla(encoded) for n in (1, 2)] == [False, True]
+    unsupported = model(jit_inner_loop="auto", inner_steps=2)
 
     def fails(*args):
         raise tf.errors.InvalidArgumentError(None, None, "Detected unsupported operations")
