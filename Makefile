@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
+# pytest-xdist processes: one per core of the CI machine
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench
 
@@ -16,7 +18,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/limaml demo --workdir runs/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks

@@ -27,12 +27,12 @@ setup(
     extras_require={
         "beam": ["apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1"],
         "feast": ["feast[redis]==0.67.0", "fakeredis>=2.20"],
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5"],
         # benchmarks.peers only (PyTorch CPU build; not needed by the tests or CI)
         "bench": ["torch==2.13.0"],
         "all": [
             "apache-beam[dask,tfrecord]==2.77.0", "dask>=2025.1", "distributed>=2025.1",
-            "feast[redis]==0.67.0", "fakeredis>=2.20", "pytest>=8", "hypothesis>=6.100",
+            "feast[redis]==0.67.0", "fakeredis>=2.20", "pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5",
         ],
     },
     entry_points={"console_scripts": ["limaml=limaml_tf.cli:main"]},

@@ -362,6 +362,13 @@ class LiMAMLModel(keras.Model):
         grads = [tf.zeros_like(v) if g is None else distribute.merge_duplicate_rows(g) for g, v in zip(grads, variables)]
         return total, grads, tf.concat(logits, 0)
 
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`; a `tf.data.Dataset` of task bundles shuffles itself (`TaskSet.dataset`),
+        so `shuffle` defaults to False for it instead of Keras warning that it ignores `shuffle=True`."""
+        if isinstance(x, tf.data.Dataset) and len(args) < 8:  # `shuffle` is fit's 9th positional argument
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, *args, **kwargs)
+
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
         loss, grads, q_logits, encoded = self.compute_gradients(bundle)

@@ -197,3 +197,31 @@ def test_compare_variants_on_validation_users_only(tmp_path):
     assert _row(text, "mixed+FT")[1:] == ["0.6650 ± 0.0071", "+0.0150 ± 0.0071", "2/2"]
     assert _row(text, "item+FT")[1:] == ["0.6250 ± 0.0071", "-0.0250 ± 0.0071", "0/2"]
     assert text.index("| mixed+FT |") < text.index("| vanilla+FT |") < text.index("| item+FT |")
+
+
+def test_dot_option_adds_an_exact_user_x_item_term(tiny_split):
+    import numpy as np
+    import tensorflow as tf
+
+    from limaml_tf.blocks import FEATURES_PART, MLPGlobalBlock
+    from limaml_tf.experiments.models import DotMLPGlobalBlock, build
+    from limaml_tf.features import Feature
+
+    cfg, split = tiny_split
+    glob = build("vanilla", split.spec, cfg, dot=True).global_block
+    assert isinstance(glob, DotMLPGlobalBlock) and _read(glob) == _read(build("vanilla", split.spec, cfg).global_block)
+    assert {f.name for f in glob.item_inputs.features} == {"movie_id", "genres", "release_year"}
+
+    block = DotMLPGlobalBlock((Feature("age", "numeric"),), (Feature("item", "categorical", num_bins=10),),
+                              item_dim=4, hidden_units=(8,))
+    x = {"age": tf.constant([0.5, -1.0, 0.2]), "item": tf.constant([1, 2, 3]), "meta_embedding": tf.random.normal([3, 4])}
+    out = block(x)
+    part = block.features_part(x)  # what the inner loop computes once per task batch
+    np.testing.assert_allclose(block({**x, FEATURES_PART: part}), out, rtol=1e-6)
+    item = block.item_tower(block.item_inputs(x))
+    mlp = MLPGlobalBlock.call(block, {**x, FEATURES_PART: part[:, :-4]})
+    np.testing.assert_allclose(out - mlp, tf.reduce_sum(x["meta_embedding"] * item, -1, keepdims=True), atol=1e-6)
+    clone = DotMLPGlobalBlock.from_config(block.get_config())
+    clone(x)
+    clone.set_weights(block.get_weights())
+    np.testing.assert_allclose(clone(x), out, rtol=1e-6)

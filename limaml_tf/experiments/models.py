@@ -13,7 +13,8 @@ Kinds (same features, same global block everywhere; DESIGN.md §1):
 (β), ``meta_dim`` / ``meta_hidden`` / ``global_hidden`` (sizes), ``history=False`` (no model reads
 the history features: the control where adaptation is the only way to use the support),
 ``item_aware=True`` (the MLP meta block also reads the candidate item's features, so an adapted meta
-block can re-rank items, not only shift the user's bias), ``warm_start=E`` (handled by the runner: the
+block can re-rank items, not only shift the user's bias), ``dot=True`` (the global block adds a factorized
+user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`), ``warm_start=E`` (handled by the runner: the
 first E epochs of the budget train the same blocks as a vanilla model); anything else goes to the model's
 constructor (``inner_learning_rate``, ``inner_steps``, ``support_dropout``, ``first_order``, or an
 option a newer `LiMAMLModel` adds), so a new variant needs no change to the runner: a `Variant`
@@ -28,14 +29,18 @@ import inspect
 
 import keras
 
-from limaml_tf.blocks import IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock
+import tensorflow as tf
+
+from limaml_tf.blocks import FEATURES_PART, FeatureEmbedding, IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock
 from limaml_tf.model import LiMAMLModel
 from limaml_tf.movielens import mlp_meta_features
 from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
-BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware")
+BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware",
+                 "dot")
 ITEM_FEATURES = ("movie_id", "genres", "release_year", "genre_affinity")  # what `item_aware` adds
+ITEM_TOWER_FEATURES = ("movie_id", "genres", "release_year")  # what `dot`'s item tower reads
 HISTORY_FEATURES = ("genre_affinity",)  # besides the meta features named hist_* (user x item history)
 
 
@@ -56,6 +61,39 @@ class DropoutMLPMetaBlock(MLPMetaBlock):
 
     def get_config(self):
         return {**super().get_config(), "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable("limaml_tf_experiments")
+class DotMLPGlobalBlock(MLPGlobalBlock):
+    """`MLPGlobalBlock` plus a factorized user x item term: logit += <meta embedding, item tower(item)>.
+
+    An MLP over concatenated inputs learns such a product poorly (Rendle et al., RecSys 2020, "Neural
+    collaborative filtering vs. matrix factorization revisited"); with the term, the adapted meta
+    embedding of a task re-ranks the items for that task instead of mostly shifting its bias. The item
+    tower (embeddings of `item_features`, then a linear map to `item_dim` = the meta embedding's width)
+    does not read the meta embedding, so it joins the `features_part` computed once per task batch."""
+
+    def __init__(self, features, item_features, item_dim: int = 8, **kwargs):
+        super().__init__(features, **kwargs)
+        self.item_dim = int(item_dim)
+        self.item_inputs = FeatureEmbedding(item_features, self.embedding_dim, name="item_inputs")
+        self.item_tower = keras.layers.Dense(self.item_dim, name="item_tower")
+
+    def features_part(self, inputs):
+        return tf.concat([super().features_part(inputs), self.item_tower(self.item_inputs(inputs))], -1)
+
+    def call(self, inputs, training=False):
+        embedding = tf.cast(inputs["meta_embedding"], self.compute_dtype)
+        if not self._first().built:  # as in `MLPGlobalBlock.call`: its matmul is split, so built here
+            self._first().build((None, self.inputs_layer.output_dim + embedding.shape[-1]))
+        part = inputs[FEATURES_PART] if FEATURES_PART in inputs else self.features_part(inputs)
+        mlp_part, item = part[..., :-self.item_dim], part[..., -self.item_dim:]
+        logit = super().call({**inputs, FEATURES_PART: mlp_part}, training=training)
+        return logit + tf.reduce_sum(embedding * item, -1, keepdims=True)
+
+    def get_config(self):
+        return {**super().get_config(), "item_features": [f.to_dict() for f in self.item_inputs.features],
+                "item_dim": self.item_dim}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +207,12 @@ def build(kind: str, spec, cfg, **options):
         meta = DropoutMLPMetaBlock(meta_features, dropout=dropout, output_dim=meta_dim, hidden_units=meta_hidden)
     else:
         meta = MLPMetaBlock(meta_features, output_dim=meta_dim, hidden_units=meta_hidden)
-    glob = MLPGlobalBlock(global_features, hidden_units=global_hidden, dropout=dropout)
+    if options.pop("dot", False):
+        items = tuple(f for f in spec.other_features if f.name in ITEM_TOWER_FEATURES)
+        glob = DotMLPGlobalBlock(global_features, items, item_dim=meta_dim, hidden_units=global_hidden,
+                                 dropout=dropout)
+    else:
+        glob = MLPGlobalBlock(global_features, hidden_units=global_hidden, dropout=dropout)
     alpha = options.pop("inner_learning_rate", cfg.inner_learning_rate)
     common = dict(eval_steps=options.pop("eval_steps", getattr(cfg, "eval_steps", 1)), eval_learning_rate=alpha)
     cls = VanillaModel if kind in ("vanilla", "wd_id") else LiMAMLModel
