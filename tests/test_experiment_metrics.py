@@ -108,3 +108,26 @@ def test_wilcoxon_on_per_user_auc():
     assert wilcoxon_users(a, b) == pytest.approx(2 / 2 ** 10)
     assert math.isnan(wilcoxon_users(b, b))
     np.testing.assert_allclose(wilcoxon_users(b, a), wilcoxon_users(a, b))
+
+
+def test_paired_test_candidates_and_the_one_chosen_on_validation():
+    from limaml_tf.experiments.report import _paired_table, candidate_rows, chosen_candidate
+
+    def run(seed, val, test):
+        rows = ["vanilla+FT", "a+FT", "b+FT", "b"]
+        return {"seed": seed, "rows": rows, "baseline_rows": ["vanilla+FT"], "best_baseline": {"s": "vanilla+FT"},
+                "chosen": {"s": {r: {"val_auc": v} for r, v in zip(rows, val)}},
+                "test": {"s": {r: {"auc": t, "user_auc": t, "ndcg@5": t, "ndcg@10": t} for r, t in zip(rows, test)}}}
+
+    # b+FT is better on validation (mean 0.75 vs 0.70) although a+FT is better on test: the pick ignores test
+    runs = [run(0, [0.7, 0.7, 0.8, 0.5], [0.7, 0.9, 0.6, 0.5]), run(1, [0.7, 0.7, 0.7, 0.5], [0.7, 0.9, 0.8, 0.5])]
+    assert candidate_rows(runs) == ["a+FT", "b+FT"]
+    assert chosen_candidate(runs, "s") == "b+FT"
+    text = "\n".join(_paired_table(runs, "s"))
+    assert "chosen on the validation users" in text and "**b+FT**" in text
+    a_part, b_part = text.split("b+FT minus")
+    assert "| AUC (pooled) | +0.2000 ± 0.0000 | n/a | 2 |" in a_part  # a+FT: 0.9 - 0.7 on both seeds
+    assert "| AUC (pooled) | +0.0000 ± 0.1414 | 1.000 | 2 |" in b_part  # b+FT: -0.1 and +0.1
+    for r in runs:
+        r["rows"].append("LiMAML+FT")
+    assert candidate_rows(runs) == ["LiMAML+FT"]  # the default comparison keeps its single target

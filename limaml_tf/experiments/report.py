@@ -59,19 +59,43 @@ def _metric_table(runs, setting) -> str:
     return table(header, rows)
 
 
+def candidate_rows(runs) -> list[str]:
+    """The rows the paired test compares with the best baseline: LiMAML+FT, or (in a run of `--variant`s
+    without it) every "+FT" row that is not a baseline's."""
+    rows, baselines = _rows(runs), set(runs[0].get("baseline_rows", ()))
+    if TARGET in rows:
+        return [TARGET]
+    return [r for r in rows if r.endswith("+FT") and r not in baselines]
+
+
+def chosen_candidate(runs, setting) -> str | None:
+    """The candidate row with the highest mean validation AUC over seeds (test users not read)."""
+    rows = candidate_rows(runs)
+    mean_val = lambda row: np.mean([r["chosen"][setting][row]["val_auc"] for r in runs])  # noqa: E731
+    return max(rows, key=mean_val) if rows else None
+
+
 def _paired_table(runs, setting) -> list[str]:
-    if TARGET not in _rows(runs) or not runs[0]["best_baseline"].get(setting):
-        return [f"No paired test: the run has no {TARGET} row or no baseline."]
-    rows = []
-    for m in M.METRICS:
-        res = paired_over_seeds(runs, setting, m, TARGET)
-        rows.append([M.METRIC_NAMES[m], fmt((res["mean"], res["std"]), sign=True), pvalue(res["p"]), res["n"]])
+    targets = candidate_rows(runs)
+    if not targets or not runs[0]["best_baseline"].get(setting):
+        return [f"No paired test: the run has no {TARGET} (or other non-baseline +FT) row or no baseline."]
     bases = ", ".join(f"seed {r['seed']}: {r['best_baseline'][setting]}" for r in runs)
-    wilcoxon = ", ".join(f"seed {r['seed']}: {pvalue(p)}" for r, p in zip(runs, per_user_tests(runs, setting, TARGET)))
-    return [f"{TARGET} minus the best baseline of each seed (best by validation AUC: {bases}).", "",
-            table(["metric", "mean difference ± std", "t-test p (H0: 0)", "seeds"], rows), "",
-            f"Per-user paired test on the test users (Wilcoxon signed-rank, per-user AUC, {TARGET} vs that "
-            f"baseline): {wilcoxon}.", ""]
+    out = []
+    if len(targets) > 1:
+        out += [f"Candidates: {targets}; chosen on the validation users (highest mean validation AUC over "
+                f"seeds): **{chosen_candidate(runs, setting)}**. The others are shown for completeness.", ""]
+    for target in targets:
+        rows = []
+        for m in M.METRICS:
+            res = paired_over_seeds(runs, setting, m, target)
+            rows.append([M.METRIC_NAMES[m], fmt((res["mean"], res["std"]), sign=True), pvalue(res["p"]), res["n"]])
+        wilcoxon = ", ".join(f"seed {r['seed']}: {pvalue(p)}"
+                             for r, p in zip(runs, per_user_tests(runs, setting, target)))
+        out += [f"{target} minus the best baseline of each seed (best by validation AUC: {bases}).", "",
+                table(["metric", "mean difference ± std", "t-test p (H0: 0)", "seeds"], rows), "",
+                f"Per-user paired test on the test users (Wilcoxon signed-rank, per-user AUC, {target} vs that "
+                f"baseline): {wilcoxon}.", ""]
+    return out
 
 
 def _chosen_table(runs, setting) -> str:
