@@ -76,7 +76,7 @@ def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str,
           days: float, max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
           serving_tasks: str | None = None, ignore_columns=(), tf_threads: int | None = None,
           batch_rows: int = 65_536):
-    """Adds the refresh to pipeline `p` (writing under `run_dir`, through Beam's file sinks only);
+    """Adds the refresh to pipeline `p` (writing under `run_dir`, through `beam_pipelines.sinks` only);
     returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller."""
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     checked = (read_interactions(p, input, spec, input_format, batch_rows)

@@ -4,9 +4,10 @@
     -> PackBucket: each task's most recent N samples, tasks sorted by key and cut into TaskBatches
        of `tasks_per_batch`; serving tasks without recent samples -> cold-start TaskBatches
     -> RunInference(AdapterModelHandler)  -> one embedding per task
-    -> by_bucket -> WriteEmbeddings: one Parquet file per bucket (part-BBBBB-of-NNNNN.parquet, rows sorted
-       by task key), through `beam_pipelines.sinks.WriteShards`: written to a temp file per attempt
-       and renamed exactly once, so a retried or duplicated bundle cannot change what is committed
+    -> by_bucket -> WriteEmbeddings: one Parquet file per bucket (part-BBBBB-of-NNNNN.parquet; adapted,
+       then cold-start rows, each sorted by task key), through `beam_pipelines.sinks.WriteShards`: a
+       temp file per attempt, renamed exactly once, so a retried or duplicated bundle cannot change
+       what is committed
 
 The spec arrives from the driver (read once from the adapter export); workers import neither Keras
 nor the model code.
