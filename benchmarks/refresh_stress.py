@@ -66,8 +66,9 @@ def make_case(root: str, tasks: int = 1500, num_buckets: int = 37, seed: int = 0
         v.assign(rng.normal(0, 0.4, v.shape).astype("float32"))
     adapter = export_adapter(model, os.path.join(root, "adapter"), steps=STEPS, learning_rate=LEARNING_RATE)
 
-    bad = df.sample(7, random_state=seed).assign(activity=np.nan)  # dead letter
-    data = pd.concat([df, bad], ignore_index=True).sample(frac=1.0, random_state=seed)
+    data = pd.concat([df, df.sample(7, random_state=seed)], ignore_index=True)
+    data.loc[len(df):, "activity"] = np.nan  # 7 bad rows: dead letter
+    data = data.sample(frac=1.0, random_state=seed)
     day = (data.timestamp // (7 * DAY)).astype(int).clip(lower=0)
     for d, part in data.groupby(day):
         for i in range(2):
