@@ -23,6 +23,7 @@ import pandas as pd
 from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, concat_sorted, read_dead_letter,
                                          read_interactions, select)
 from beam_pipelines.runner import auto_buckets, beam_options, parse_as_of, run_and_wait, worker_pythonpath
+from beam_pipelines.sinks import remove_temp
 from limaml_tf.artifacts import DEAD_LETTER_DIR, SUCCESS_FILE, atomic_directory, read_spec
 from limaml_tf.spec import FeatureError, FeatureSpec
 from limaml_tf.tasks import split_tasks
@@ -93,12 +94,13 @@ def build_training_data(input: str, spec: FeatureSpec | str, output: str, max_sa
             rows = rows | "JoinFeatures" >> beam.ParDo(JoinFeatures(tables))
         checked = rows | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, start, end,
                                                                        ignore_columns, max_samples=max_samples))
-        _ = checked | "DeadRows" >> select("dead") | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetter(dead_dir))
+        _ = checked | "DeadRows" >> select("dead") | "WriteDeadLetter" >> WriteDeadLetter(dead_dir)
         _ = (checked | "Rows" >> select("rows") | "GroupByBucket" >> beam.GroupByKey()
              | "SplitTasks" >> beam.ParDo(SplitBucket(spec, max_samples, support_fraction, min_samples))
              | "WriteTasks" >> beam.io.WriteToTFRecord(os.path.join(tmp, "tasks"), file_name_suffix=".tfrecord",
                                                        num_shards=num_shards))
         run_and_wait(p)
+        remove_temp(tmp)
         write_meta(tmp, spec, s_len, max_samples - s_len)
         dead = read_dead_letter(dead_dir)
         summary = {"output": os.path.abspath(output), "support_length": s_len, "query_length": max_samples - s_len,

@@ -9,8 +9,8 @@
   unlike Python's salted `hash`), so one GroupByKey brings every row of a task to one worker
   while elements stay few and large.
 
-Only the Parquet / TFRecord readers touch the file system, through Beam's `FileSystems`
-(local paths, gs://, s3://, hdfs:// alike).
+Files are read and written through Beam's `FileSystems` (local paths, gs://, s3://, hdfs:// alike);
+the dead letter is written through `beam_pipelines.sinks` (committed exactly once).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines.sinks import WriteShards
 from limaml_tf.spec import MAX_EPOCH_SECONDS, FeatureError, FeatureSpec
 from limaml_tf.tasks import keep_most_recent
 
@@ -110,7 +111,11 @@ def write_interactions_tfrecord(df: pd.DataFrame, path: str, spec: FeatureSpec) 
 
 
 class ReadInteractions(beam.DoFn):
-    """file path -> (batch id, DataFrame of up to `batch_rows` interactions)."""
+    """file path -> (batch id, DataFrame of up to `batch_rows` interactions).
+
+    The batch id is the file's full path and the batch's index in it: unique across the input (the
+    grouping stages drop a batch delivered twice by its id, so two batches must never share one, as
+    day=1/part-0.parquet and day=2/part-0.parquet would by file name)."""
 
     def __init__(self, fmt: str, spec: FeatureSpec, batch_rows: int = 65_536):
         self.fmt, self.spec_json, self.batch_rows = fmt, spec.to_json(), batch_rows
@@ -119,17 +124,16 @@ class ReadInteractions(beam.DoFn):
         self.spec = FeatureSpec.from_json(self.spec_json)
 
     def process(self, path):
-        name = os.path.basename(path)
         if self.fmt == "parquet":
             with FileSystems.open(path) as f:
                 for i, batch in enumerate(pq.ParquetFile(f).iter_batches(self.batch_rows)):
-                    yield f"{name}:{i:06d}", batch.to_pandas()
+                    yield f"{path}:{i:06d}", batch.to_pandas()
         else:
             import tensorflow as tf
 
             ds = tf.data.TFRecordDataset(path).batch(self.batch_rows)
             for i, records in enumerate(ds.as_numpy_iterator()):
-                yield f"{name}:{i:06d}", _example_rows(records, self.spec)
+                yield f"{path}:{i:06d}", _example_rows(records, self.spec)
 
 
 def parquet_metadata(path: str):
@@ -239,23 +243,31 @@ def dead_letter_records(source: str, dead: pd.DataFrame) -> list[dict]:
     return [{"source": source, "reason": r, "row": json.loads(row)} for r, row in zip(dead["reason"], dead["row"])]
 
 
-class WriteDeadLetter(beam.DoFn):
-    """(source batch id, dead rows) -> one JSON-lines file per batch (name from the batch id, so a
-    retried bundle overwrites instead of duplicating). Counted per reason in Beam metrics too."""
+def write_dead_letter_lines(parts, f) -> None:
+    """[(source batch id, dead rows)] -> JSON lines, batches in id order (each once)."""
+    for source, dead in sorted(dict(parts).items(), key=lambda kv: kv[0]):
+        for rec in dead_letter_records(source, dead):
+            f.write((json.dumps(rec, default=str) + "\n").encode())
+
+
+def count_dead(element):
+    """Counts a batch's dead rows per reason in Beam metrics; keys it for the one dead-letter file."""
+    for why, n in element[1]["reason"].str.split(":").str[0].value_counts().items():
+        beam.metrics.Metrics.counter("dead_letter", why).inc(int(n))
+    return 0, element
+
+
+class WriteDeadLetter(beam.PTransform):
+    """(source batch id, dead rows) -> `directory`/dead-00000-of-00001.jsonl, committed exactly once
+    (`beam_pipelines.sinks`)."""
 
     def __init__(self, directory: str):
+        super().__init__()
         self.directory = directory
 
-    def process(self, element):
-        source, dead = element
-        for why, n in dead["reason"].str.split(":").str[0].value_counts().items():
-            beam.metrics.Metrics.counter("dead_letter", why).inc(int(n))
-        name = "dead-" + source.replace(":", "-").replace("/", "_") + ".jsonl"
-        path = FileSystems.join(self.directory, name)
-        with FileSystems.create(path) as f:
-            for rec in dead_letter_records(source, dead):
-                f.write((json.dumps(rec, default=str) + "\n").encode())
-        yield path
+    def expand(self, dead):
+        return (dead | "CountDead" >> beam.Map(count_dead)
+                | "WriteJsonLines" >> WriteShards(self.directory, "dead", ".jsonl", 1, write_dead_letter_lines))
 
 
 def read_dead_letter(directory: str) -> pd.DataFrame:
@@ -266,15 +278,17 @@ def read_dead_letter(directory: str) -> pd.DataFrame:
 
 
 class CheckAndBucket(beam.DoFn):
-    """(batch id, DataFrame) -> ("dead", (batch id, bad rows)) and ("rows", (bucket, (batch id, rows))).
+    """(batch id, DataFrame) -> ("dead", (batch id, bad rows)) and ("rows", (bucket, (batch id, rows))),
+    and with `task_keys` ("tasks", the batch's task keys in the window, one a line) for the refresh's
+    completeness check.
 
     Rows outside [start, end) by timestamp are skipped (counted in a metric, not bad)."""
 
     def __init__(self, spec: FeatureSpec, num_buckets: int, start: float | None = None, end: float | None = None,
                  ignore_columns=(), require_label: bool = True, max_samples: int | None = None,
-                 manifest_dir: str | None = None):
+                 task_keys: bool = False):
         self.spec_json, self.num_buckets, self.max_samples = spec.to_json(), num_buckets, max_samples
-        self.manifest_dir = manifest_dir
+        self.task_keys = task_keys
         self.start, self.end, self.ignore_columns, self.require_label = start, end, tuple(ignore_columns), require_label
 
     def setup(self):
@@ -294,10 +308,8 @@ class CheckAndBucket(beam.DoFn):
         beam.metrics.Metrics.counter("rows", "outside_window").inc(int((~keep).sum()))
         beam.metrics.Metrics.counter("rows", "used").inc(int(keep.sum()))
         ok = ok[keep]
-        if self.manifest_dir:  # the task keys this batch contributes, for the driver's completeness check
-            path = FileSystems.join(self.manifest_dir, source.replace(":", "-").replace("/", "_") + ".txt")
-            with FileSystems.create(path) as f:
-                f.write("\n".join(sorted(set(ok[self.spec.task_key]))).encode())
+        if self.task_keys and len(ok):
+            yield "tasks", "\n".join(sorted(set(ok[self.spec.task_key])))
         if self.max_samples and len(ok):  # "most recent N" is associative: cut before the shuffle
             ok = keep_most_recent(ok, self.spec, self.max_samples).drop(columns=["_t", "_row"])
         if len(ok):

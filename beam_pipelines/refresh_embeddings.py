@@ -7,9 +7,13 @@
        (sorted by key) into batches of T tasks; serving tasks with no recent samples -> cold-start batches
     -> RunInference(AdapterModelHandler): the adapter artifact's `embed_tasks` (k SGD steps of the
        meta block + aggregation, all saved in the artifact) or `cold_start`, one padded [T, ...] batch a call
-    -> GroupByKey(bucket) -> one Parquet file per bucket of (task_key, embedding float32[d],
-       model_version, computed_at, source)
+    -> GroupByKey(bucket) -> one Parquet file per bucket (embeddings/part-BBBBB-of-NNNNN.parquet) of
+       (task_key, embedding float32[d], model_version, computed_at, source)
     -> committed atomically as runs/<as_of>/ and then published to the Feast online store.
+
+Every file the workers write (embeddings, dead letter, the manifest of task keys for the completeness
+check) goes through `beam_pipelines.sinks.WriteShards`: a temp file per attempt, renamed exactly once,
+so a retried or duplicated bundle cannot change what is committed. No DoFn writes a final file itself.
 
 The spec and config are read once from the adapter export, here, and passed to the stages. Workers
 load only the adapter SavedModel (`beam_pipelines.adapter_handler`): no model code, no Keras.
@@ -40,15 +44,21 @@ from apache_beam.ml.inference.base import RunInference
 from beam_pipelines.adapter_handler import AdapterModelHandler, cold_start_batches
 from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, check_input_columns, detect_format,
                                          list_files, read_dead_letter, read_interactions, select, stable_bucket)
-from beam_pipelines.refresh_stages import PackBucket, WriteBucket, by_bucket
+from beam_pipelines.refresh_stages import PackBucket, WriteEmbeddings, by_bucket
 from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of, run_and_wait, run_tag,
                                    worker_pythonpath)
+from beam_pipelines.sinks import WriteShards, remove_temp
 from limaml_tf.artifacts import (AGGREGATIONS, COLD_START_KEY, DEAD_LETTER_DIR, EMBEDDINGS_DIR, SUCCESS_FILE,
                                  atomic_directory, embeddings_table, read_adapter, read_embeddings, resolve_adapter)
 from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import positive_int
 
 MANIFEST_DIR = ".manifest"
+
+
+def write_lines(texts, f) -> None:
+    """The manifest: each input batch's task keys in the window, one a line (sorted, each once)."""
+    f.write("".join(t + "\n" for t in sorted(set(texts))).encode())
 
 
 def serving_parts(serving_tasks: str | None, spec: FeatureSpec, num_buckets: int) -> list:
@@ -66,25 +76,28 @@ def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str,
           days: float, max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
           serving_tasks: str | None = None, ignore_columns=(), tf_threads: int | None = None,
           batch_rows: int = 65_536):
-    """Adds the refresh to pipeline `p` (writing under `run_dir`); returns the PCollection of written
-    file paths. `spec` is the adapter's, read once by the caller."""
+    """Adds the refresh to pipeline `p` (writing under `run_dir`, through `beam_pipelines.sinks` only);
+    returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller."""
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     checked = (read_interactions(p, input, spec, input_format, batch_rows)
                | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, as_of - days * DAY, as_of,
                                                                ignore_columns, max_samples=max_samples,
-                                                               manifest_dir=os.path.join(run_dir, MANIFEST_DIR))))
+                                                               task_keys=True)))
     dead_paths = (checked | "DeadRows" >> select("dead")
-                  | "WriteDeadLetter" >> beam.ParDo(WriteDeadLetter(os.path.join(run_dir, DEAD_LETTER_DIR))))
+                  | "WriteDeadLetter" >> WriteDeadLetter(os.path.join(run_dir, DEAD_LETTER_DIR)))
+    manifest_paths = (checked | "TaskKeys" >> select("tasks") | "OneManifest" >> beam.Map(lambda keys: (0, keys))
+                      | "WriteManifest" >> WriteShards(os.path.join(run_dir, MANIFEST_DIR), "tasks", ".txt", 1,
+                                                       write_lines))
     grouped_in = {"rows": checked | "Rows" >> select("rows"),
                   "serving": p | "ServingTasks" >> beam.Create(serving_parts(serving_tasks, spec, num_buckets))}
     handler = AdapterModelHandler(adapter, tasks_per_batch, tf_threads)
     written = (grouped_in | "GroupByBucket" >> beam.CoGroupByKey()
                | "PackTasks" >> beam.ParDo(PackBucket(spec, max_samples, tasks_per_batch))
                | "Adapter" >> RunInference(handler)
-               | "ByBucket" >> beam.Map(by_bucket) | "GroupEmbeddings" >> beam.GroupByKey()
-               | "WriteEmbeddings" >> beam.ParDo(WriteBucket(os.path.join(run_dir, EMBEDDINGS_DIR), model_version,
-                                                             computed_at)))
-    return (written, dead_paths) | "AllFiles" >> beam.Flatten() | "Done" >> beam.Map(lambda path: path)
+               | "ByBucket" >> beam.Map(by_bucket)
+               | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(run_dir, EMBEDDINGS_DIR), num_buckets,
+                                                      model_version, computed_at))
+    return (written, dead_paths, manifest_paths) | "AllFiles" >> beam.Flatten()
 
 
 def write_default_row(run_dir: str, adapter: str, spec: FeatureSpec, model_version: str,
@@ -138,14 +151,14 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
     run_dir = os.path.join(os.path.abspath(output), "runs", run_tag(as_of))
     worker_pythonpath()
     with atomic_directory(run_dir) as tmp:
-        for d in (EMBEDDINGS_DIR, DEAD_LETTER_DIR, MANIFEST_DIR):
-            os.makedirs(os.path.join(tmp, d))
+        os.makedirs(os.path.join(tmp, EMBEDDINGS_DIR))  # the driver writes part-default.parquet there too
         p = beam.Pipeline(options=beam_options(list(beam_args), workers))
         build(p, input=input, spec=spec, adapter=adapter, model_version=model_version, run_dir=tmp, as_of=as_of,
               days=days, max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
               input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
               tf_threads=tf_threads, batch_rows=batch_rows)
         run_and_wait(p)
+        remove_temp(tmp)
         write_default_row(tmp, adapter, spec, model_version, computed_at)
         rows = read_embeddings(tmp)
         summary = summarize(tmp, rows, adapter, config, computed_at, days, num_buckets)
@@ -167,7 +180,8 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
 
 def check_complete(rows: pd.DataFrame, manifest_dir: str) -> None:
     """Every task with rows in the window has exactly one adapted row, or the run fails (and is not
-    committed): a runner that loses or repeats work must not publish silently wrong embeddings."""
+    committed): a runner that loses or repeats work must not publish silently wrong embeddings.
+    `manifest_dir` holds the task keys each input batch had in the window, one a line."""
     expected = set()
     for name in os.listdir(manifest_dir):
         with open(os.path.join(manifest_dir, name)) as f:

@@ -4,8 +4,10 @@
     -> PackBucket: each task's most recent N samples, tasks sorted by key and cut into TaskBatches
        of `tasks_per_batch`; serving tasks without recent samples -> cold-start TaskBatches
     -> RunInference(AdapterModelHandler)  -> one embedding per task
-    -> by_bucket -> GroupByKey -> WriteBucket: one Parquet file per bucket, named after it (a retried
-       bucket overwrites its file instead of adding one)
+    -> by_bucket -> WriteEmbeddings: one Parquet file per bucket (part-BBBBB-of-NNNNN.parquet; adapted,
+       then cold-start rows, each sorted by task key), through `beam_pipelines.sinks.WriteShards`: a
+       temp file per attempt, renamed exactly once, so a retried or duplicated bundle cannot change
+       what is committed
 
 The spec arrives from the driver (read once from the adapter export); workers import neither Keras
 nor the model code.
@@ -20,10 +22,10 @@ import apache_beam as beam
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.adapter_handler import ADAPTED, COLD, adapted_batches, cold_start_batches
 from beam_pipelines.interactions import concat_sorted
+from beam_pipelines.sinks import WriteShards
 from limaml_tf.artifacts import embeddings_table
 from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import recent_tasks
@@ -78,17 +80,18 @@ def bucket_table(rows, model_version: str, computed_at: dt.datetime) -> pa.Table
     return pa.concat_tables(tables)
 
 
-class WriteBucket(beam.DoFn):
-    """(bucket, [(task key, kind, embedding)]) -> the written file `part-b<bucket>.parquet`."""
+class WriteEmbeddings(beam.PTransform):
+    """(bucket, (task key, kind, embedding)) -> `out_dir`/part-BBBBB-of-NNNNN.parquet, one file per bucket,
+    committed exactly once (`beam_pipelines.sinks`)."""
 
-    def __init__(self, out_dir: str, model_version: str, computed_at: dt.datetime):
-        self.out_dir, self.model_version, self.computed_at = out_dir, model_version, computed_at
+    def __init__(self, out_dir: str, num_buckets: int, model_version: str, computed_at: dt.datetime):
+        super().__init__()
+        self.out_dir, self.num_buckets = out_dir, num_buckets
+        self.model_version, self.computed_at = model_version, computed_at
 
-    def process(self, element):
-        bucket, rows = element
-        path = FileSystems.join(self.out_dir, f"part-b{int(bucket):05d}.parquet")
-        rows = list(rows)
-        with FileSystems.create(path) as f:
-            pq.write_table(bucket_table(rows, self.model_version, self.computed_at), f)
-        log.info("refresh: bucket %d: %d embeddings written", bucket, len(rows))  # progress in the worker logs
-        yield path
+    def write(self, rows, f) -> None:
+        pq.write_table(bucket_table(rows, self.model_version, self.computed_at), f)
+        log.info("refresh: %d embeddings written", len(rows))  # progress in the worker logs
+
+    def expand(self, keyed):
+        return keyed | WriteShards(self.out_dir, "part", ".parquet", self.num_buckets, self.write)

@@ -62,29 +62,33 @@ def check_saved_version(saved: str | None, what: str) -> None:
                             "with this version")
 
 
-def _sorted(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Rows sorted by (task, time), ties broken by original row order (stable)."""
+def _recent_rows(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None):
+    """Each task's most recent `max_samples_per_task` rows (None: all), sorted by (task, time), ties in
+    row order: (their row positions, their task index, the task keys sorted, their times in seconds).
+    One lexsort on integer codes of the keys (the order of the strings) and offsets from the per-task
+    counts: no per-task or per-group pandas work."""
     ts = df[spec.timestamp]
     if pd.api.types.is_datetime64_any_dtype(ts):
         ts = ts.astype("int64") / 1e9
-    keys = df[spec.task_key].astype(str)
-    # lexsort on integer codes of the (sorted) keys: same order as sorting the strings, much faster
-    codes, _ = pd.factorize(keys, sort=True)
+    codes, keys = pd.factorize(df[spec.task_key].astype(str), sort=True)
     t = ts.to_numpy(dtype="float64")
-    order = np.lexsort((np.arange(len(df)), t, codes))
-    out = df.assign(_t=t, _row=np.arange(len(df)))
-    out[spec.task_key] = keys
-    return out.iloc[order].reset_index(drop=True)
+    rows = np.lexsort((np.arange(len(df)), t, codes))
+    task = codes[rows]
+    if max_samples_per_task:
+        ends = np.cumsum(np.bincount(task, minlength=len(keys)))
+        keep = ends[task] - np.arange(len(task)) <= max_samples_per_task
+        rows, task = rows[keep], task[keep]
+    return rows, task, np.asarray(keys, dtype=object), t[rows]
 
 
 def keep_most_recent(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None) -> pd.DataFrame:
-    """Sorted by (task, time); keeps each task's most recent `max_samples_per_task` samples (None: all)."""
+    """Sorted by (task, time); keeps each task's most recent `max_samples_per_task` samples (None: all).
+    The task key becomes str; `_t` (time in seconds) and `_row` (position in `df`) are added."""
     max_samples_per_task = positive_int("max_samples_per_task", max_samples_per_task, allow_none=True)
-    df = _sorted(df, spec)
-    if max_samples_per_task:
-        from_end = df.groupby(spec.task_key, sort=False).cumcount(ascending=False)
-        df = df[from_end < max_samples_per_task].reset_index(drop=True)
-    return df
+    rows, task, keys, t = _recent_rows(df, spec, max_samples_per_task)
+    out = df.iloc[rows].reset_index(drop=True)
+    out[spec.task_key] = keys[task]
+    return out.assign(_t=t, _row=rows)
 
 
 @dataclasses.dataclass
@@ -196,11 +200,18 @@ def _pad_sets(spec: FeatureSpec, keys: np.ndarray, sets: dict[str, pd.DataFrame]
 def recent_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int) -> TaskSet:
     """Tasks for adaptation (Algorithm 2b): per task, its most recent `max_samples_per_task` samples in
     time order as the support set (no query set); tasks sorted by key. Rows are used as given (check
-    them first: `FeatureSpec.validate` or the pipelines' row checks)."""
-    max_samples_per_task = positive_int("max_samples_per_task", max_samples_per_task)
-    df = keep_most_recent(df, spec, max_samples_per_task)
-    keys = df[spec.task_key].drop_duplicates().to_numpy()
-    return _pad_sets(spec, keys, {"support": df}, {"support": max_samples_per_task})
+    them first: `FeatureSpec.validate` or the pipelines' row checks). Vectorized: the kept rows are
+    gathered once, and every [tasks, N] array is one fancy-index of them (slot j of a task holds its
+    kept row min(j, kept - 1): padded slots repeat the last real sample)."""
+    n = positive_int("max_samples_per_task", max_samples_per_task)
+    rows, task, keys, t = _recent_rows(df, spec, n)
+    kept = np.bincount(task, minlength=len(keys))
+    slot = np.arange(n)
+    src = (np.cumsum(kept) - kept)[:, None] + np.minimum(slot, np.maximum(kept - 1, 0)[:, None])
+    picked = pd.DataFrame({c: df[c].to_numpy()[rows] for c in [f.name for f in spec.features] + [spec.label]})
+    return TaskSet(spec, {"task_key": keys, "support": {f: v[src] for f, v in spec.raw_arrays(picked).items()},
+                          "support_label": picked[spec.label].to_numpy(np.float32)[src],
+                          "support_mask": (slot < kept[:, None]).astype(np.float32), "support_time": t[src]})
 
 
 def split_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int = 100,
@@ -243,7 +254,7 @@ def paired_tasks(support_df: pd.DataFrame, query_df: pd.DataFrame, spec: Feature
     spec.validate(support_df)
     spec.validate(query_df)
     support = keep_most_recent(support_df, spec, max_support)
-    query = _sorted(query_df, spec)
+    query = keep_most_recent(query_df, spec, None)
     query = query[query.groupby(spec.task_key, sort=False).cumcount() < max_query].reset_index(drop=True)
     keys = query[spec.task_key].drop_duplicates().to_numpy()
     support = support[support[spec.task_key].isin(set(keys))]

@@ -88,9 +88,20 @@ def start_background_runs() -> tuple:
     return proc, top, out
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (stress runs: minutes); LIMAML_SLOW=1 does the same")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Tests reading the background runs go last, and the runs start as soon as the session does (when
-    one of them is selected), so they overlap every other test."""
+    """Tests marked slow are skipped unless asked for (--run-slow / LIMAML_SLOW=1). Tests reading the
+    background runs go last, and the runs start as soon as the session does (when one of them is
+    selected), so they overlap every other test."""
+    if not (config.getoption("--run-slow") or os.environ.get("LIMAML_SLOW", "") not in ("", "0")):
+        skip = pytest.mark.skip(reason="slow: run with --run-slow or LIMAML_SLOW=1")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
     waiting = [item for item in items if "background_runs" in getattr(item, "fixturenames", ())]
     if waiting:
         items[:] = [item for item in items if item not in waiting] + waiting

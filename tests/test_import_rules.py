@@ -30,6 +30,7 @@ from tests.serving_helpers import tiny  # noqa: F401 (fixture)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER_MODULES = ["beam_pipelines.adapter_handler", "beam_pipelines.refresh_stages", "beam_pipelines.interactions",
+                  "beam_pipelines.sinks",
                   "beam_pipelines.runner", "beam_pipelines.refresh_embeddings", "beam_pipelines.build_training_data",
                   "limaml_tf.serving.client", "limaml_tf.serving.server", "limaml_tf.artifacts", "limaml_tf.tfrecords"]
 MODEL_MODULES = ["limaml_tf.model", "limaml_tf.blocks", "limaml_tf.features", "limaml_tf.export"]

@@ -158,10 +158,10 @@ def test_failed_run_leaves_previous_run_and_store(setup, monkeypatch):
     before = store.get_embeddings(["u3", "u7"])
     listing = sorted(os.listdir(s["run_dir"] + "/embeddings"))
 
-    def boom(self, element):
+    def boom(self, rows, f):
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(refresh_stages.WriteBucket, "process", boom)
+    monkeypatch.setattr(refresh_stages.WriteEmbeddings, "write", boom)
     with pytest.raises(Exception, match="worker died"):
         rx.refresh(str(setup["root"] / "parquet"), output=os.path.dirname(os.path.dirname(s["run_dir"])),
                    workers=1, **setup["kw"])

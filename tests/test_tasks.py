@@ -6,6 +6,7 @@ import pytest
 
 import limaml_tf as lt
 from limaml_tf.features import FeatureEncoder
+from limaml_tf.tasks import recent_tasks
 
 
 def _times(ts, name):
@@ -34,6 +35,25 @@ def test_cap_keeps_the_most_recent_samples(synthetic):
         kept = np.concatenate([_times(ts, "support")[i], _times(ts, "query")[i]])
         kept = np.sort(kept[~np.isnan(kept)])
         np.testing.assert_array_equal(kept, task_times[-cap:])
+
+
+def test_recent_tasks_equal_a_per_task_reference(synthetic):
+    """The vectorized recent_tasks == each task's rows sorted by (time, row order), the last N kept,
+    padded with the last one (ties in time on purpose)."""
+    df, spec = synthetic
+    df = df.assign(timestamp=(df.timestamp // 86_400) * 86_400).sample(frac=1.0, random_state=0)
+    n = 7
+    got = recent_tasks(df, spec, n).arrays
+    assert list(got["task_key"]) == sorted(df[spec.task_key].astype(str).unique())
+    for i, key in enumerate(got["task_key"]):
+        rows = df[df[spec.task_key] == key].reset_index(drop=True)
+        rows = rows.iloc[np.lexsort((np.arange(len(rows)), rows.timestamp.to_numpy()))].tail(n)
+        slots = np.minimum(np.arange(n), len(rows) - 1)
+        np.testing.assert_array_equal(got["support_mask"][i], np.arange(n) < len(rows))
+        np.testing.assert_array_equal(got["support_time"][i], rows.timestamp.to_numpy()[slots])
+        np.testing.assert_array_equal(got["support_label"][i], rows[spec.label].to_numpy(np.float32)[slots])
+        for f, values in spec.raw_arrays(rows).items():
+            np.testing.assert_array_equal(got["support"][f][i], values[slots])
 
 
 def test_split_fraction_and_masks(synthetic):
