@@ -38,8 +38,16 @@ def exports(tmp_path_factory, tiny):
 
 def deploy(exports, base, version: int) -> None:
     """A version directory appears in one rename, as export_serving writes it."""
+    (base / "ranker").mkdir(parents=True, exist_ok=True)
     shutil.copytree(exports[0] / str(version), base / "ranker" / f".{version}.staging")
     os.rename(base / "ranker" / f".{version}.staging", base / "ranker" / str(version))
+
+
+def saved_models_with(exports, tmp_path, version: int):
+    """A fresh model base directory serving `version` of "ranker"."""
+    base = tmp_path / "saved_models"
+    deploy(exports, base, version)
+    return base
 
 
 def predict_request(spec, df, label=None, version=None) -> predict_pb2.PredictRequest:
@@ -82,9 +90,7 @@ def slow_down(server, version: int) -> Slow:
 
 def test_reload_versions_labels_status_and_in_flight_requests(exports, tmp_path):
     _, spec, df = exports
-    base = tmp_path / "saved_models"
-    (base / "ranker").mkdir(parents=True)
-    deploy(exports, base, 1)
+    base = saved_models_with(exports, tmp_path, 1)
     ex.write_models_config(str(base), "ranker")  # the default policy: the latest version
     server, port = start_server(str(base), port=0, file_system_poll_wait=0.05, config_poll_wait=0.2)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -152,9 +158,7 @@ def test_reload_versions_labels_status_and_in_flight_requests(exports, tmp_path)
 
 def test_deadline_passed_before_the_model_ran(exports, tmp_path):
     _, spec, df = exports
-    base = tmp_path / "saved_models"
-    (base / "ranker").mkdir(parents=True)
-    deploy(exports, base, 2)
+    base = saved_models_with(exports, tmp_path, 2)
     server, port = start_server(str(base), port=0, max_workers=1, file_system_poll_wait=0)
     slow = slow_down(server, 2)
     try:
@@ -191,9 +195,7 @@ def test_sigterm_stops_gracefully_after_requests_in_flight(exports, tmp_path, ca
     from limaml_tf.cli.serve import serve
 
     _, spec, df = exports
-    base = tmp_path / "saved_models"
-    (base / "ranker").mkdir(parents=True)
-    deploy(exports, base, 1)
+    base = saved_models_with(exports, tmp_path, 1)
     seen = {}
 
     def client(server):
@@ -229,9 +231,7 @@ def test_short_load_with_a_version_deployed_halfway(exports, tmp_path):
     from benchmarks.serving_latency import load_test
 
     _, spec, df = exports
-    base = tmp_path / "saved_models"
-    (base / "ranker").mkdir(parents=True)
-    deploy(exports, base, 1)
+    base = saved_models_with(exports, tmp_path, 1)
     server, port = start_server(str(base), port=0, file_system_poll_wait=0.05)
     try:
         out = load_test(f"127.0.0.1:{port}", predict_request(spec, df), clients=4, per_client=40,
@@ -246,9 +246,7 @@ def test_short_load_with_a_version_deployed_halfway(exports, tmp_path):
 
 def test_a_version_that_fails_to_load_is_reported_and_the_served_one_stays(exports, tmp_path):
     _, spec, df = exports
-    base = tmp_path / "saved_models"
-    (base / "ranker").mkdir(parents=True)
-    deploy(exports, base, 1)
+    base = saved_models_with(exports, tmp_path, 1)
     server, port = start_server(str(base), port=0, file_system_poll_wait=0)
     try:
         (base / "ranker" / "2").mkdir()
