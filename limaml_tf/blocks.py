@@ -239,6 +239,12 @@ class MLPGlobalBlock(_GlobalBlockBase):
     def _first(self):
         return (self.hidden or [self.logit])[0]
 
+    def _build_first(self, embedding):
+        """The first layer is never called as a layer (its matmul is split): built here, once."""
+        first = self._first()
+        if not first.built:
+            first.build((None, self.inputs_layer.output_dim + embedding.shape[-1]))
+
     def features_part(self, inputs):
         """The first layer's pre-activation from the other features alone (bias included): the
         first layer is split as [features, meta embedding] @ kernel = features @ kernel[:F] +
@@ -249,9 +255,8 @@ class MLPGlobalBlock(_GlobalBlockBase):
 
     def call(self, inputs, training=False):
         embedding = tf.cast(inputs["meta_embedding"], self.compute_dtype)
+        self._build_first(embedding)
         first, width = self._first(), self.inputs_layer.output_dim
-        if not first.built:  # never called as a layer (its matmul is split): built here, once
-            first.build((None, width + embedding.shape[-1]))
         part = inputs[FEATURES_PART] if FEATURES_PART in inputs else self.features_part(inputs)
         x = first.activation(part + tf.matmul(embedding, tf.cast(first.kernel[width:], self.compute_dtype)))
         for i, layer in enumerate(self.hidden):

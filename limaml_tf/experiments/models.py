@@ -84,8 +84,7 @@ class DotMLPGlobalBlock(MLPGlobalBlock):
 
     def call(self, inputs, training=False):
         embedding = tf.cast(inputs["meta_embedding"], self.compute_dtype)
-        if not self._first().built:  # as in `MLPGlobalBlock.call`: its matmul is split, so built here
-            self._first().build((None, self.inputs_layer.output_dim + embedding.shape[-1]))
+        self._build_first(embedding)  # before `features_part` reads the first layer's kernel
         part = inputs[FEATURES_PART] if FEATURES_PART in inputs else self.features_part(inputs)
         mlp_part, item = part[..., :-self.item_dim], part[..., -self.item_dim:]
         logit = super().call({**inputs, FEATURES_PART: mlp_part}, training=training)

@@ -115,7 +115,7 @@ def train(model, data: Data, cfg: Config, seed: int, verbose: int, epochs: int |
     epochs = epochs or cfg.epochs
     timer = _EpochTimer()
     history = model.fit(data.train.dataset(cfg.tasks_per_batch, seed=seed), epochs=epochs, verbose=verbose,
-                        shuffle=False, callbacks=[timer])  # the dataset shuffles itself
+                        callbacks=[timer])
     return timer.seconds_per_epoch(), history.history["loss"]
 
 

@@ -49,7 +49,7 @@ def fit(model, train, cfg, seed: int, verbose: int = 0, epochs: int | None = Non
     epochs = epochs or cfg.epochs
     snaps = Snapshots(snapshot_epochs(epochs, cfg.tune_every))
     history = model.fit(train.dataset(cfg.tasks_per_batch, seed=seed), epochs=epochs, verbose=verbose,
-                        shuffle=False, callbacks=[snaps])  # the dataset shuffles itself
+                        callbacks=[snaps])
     return snaps, [float(x) for x in history.history["loss"]]
 
 
