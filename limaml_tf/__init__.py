@@ -20,6 +20,8 @@ _EXPORTS = {
     "IDEmbeddingMetaBlock": "limaml_tf.blocks",
     "MLPGlobalBlock": "limaml_tf.blocks",
     "MLPMetaBlock": "limaml_tf.blocks",
+    "TransformerMetaBlock": "limaml_tf.blocks",
+    "add_sequences": "limaml_tf.sequences",
     "Feature": "limaml_tf.spec",
     "FeatureError": "limaml_tf.spec",
     "FeatureSpec": "limaml_tf.spec",

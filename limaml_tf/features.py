@@ -8,6 +8,10 @@ Encoded values:
   numeric       float, standardized with the stats stored in the spec.
   categorical   int32 id in [0, num_bins]; 0 = missing / out of vocabulary.
   multi_valued  int32 ids [.., max_len]; 0 = padding / missing.
+  sequence      int32 ids [.., max_len]; 0 = padding, 1 = a value outside the vocabulary (a real
+                past interaction all the same), 2.. = the vocabulary (hashed: 1..num_bins).
+  numeric_sequence  float [.., max_len], standardized; padded positions carry no meaning (a
+                block masks them with the categorical `sequence` of the same length).
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ class FeatureEncoder(keras.layers.Layer):
         self._tables = {}
         for f in self.spec.features:
             if f.vocabulary:
+                first = 2 if f.kind == "sequence" else 1  # a sequence keeps id 1 for unknown values
                 init = tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(list(f.vocabulary)), tf.range(1, len(f.vocabulary) + 1, dtype=tf.int64))
-                self._tables[f.name] = tf.lookup.StaticHashTable(init, default_value=0)
+                    tf.constant(list(f.vocabulary)), tf.range(first, len(f.vocabulary) + first, dtype=tf.int64))
+                self._tables[f.name] = tf.lookup.StaticHashTable(init, default_value=first - 1)
 
     def _ids(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
         if x.dtype != tf.string:
@@ -58,7 +63,7 @@ class FeatureEncoder(keras.layers.Layer):
             if f.name not in inputs:
                 raise FeatureError(f"input is missing feature {f.name!r}")
             x = inputs[f.name]
-            if f.kind == "numeric":
+            if f.is_numeric:
                 x = tf.cast(x, self.compute_dtype)
                 out[f.name] = (x - f.mean) / f.std
             else:
@@ -66,7 +71,7 @@ class FeatureEncoder(keras.layers.Layer):
         return out
 
     def compute_output_spec(self, inputs):  # keep Keras' symbolic tracing away from the lookup tables
-        return {f.name: keras.KerasTensor(inputs[f.name].shape, "int32" if f.kind != "numeric" else self.compute_dtype)
+        return {f.name: keras.KerasTensor(inputs[f.name].shape, "int32" if not f.is_numeric else self.compute_dtype)
                 for f in self.spec.features}
 
     def get_config(self):

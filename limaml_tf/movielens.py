@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from limaml_tf.artifacts import atomic_directory
+from limaml_tf.sequences import add_sequences
 from limaml_tf.spec import Feature, FeatureError, FeatureSpec
 
 URLS = {
@@ -218,15 +219,28 @@ def support_history(df: pd.DataFrame, is_support) -> pd.DataFrame:
     return df
 
 
+SEQUENCE_FEATURES = ("seq_movie", "seq_label", "seq_log_gap")  # the user's previous ratings (meta features)
+
+
+def with_sequences(df: pd.DataFrame, max_len: int, is_support=None) -> pd.DataFrame:
+    """`df` (rows of `interactions`, sorted by (user, time)) plus the user's previous `max_len` ratings,
+    most recent first: `seq_movie` (movie ids), `seq_label` (their labels), `seq_log_gap` (log1p days
+    before this rating). Strictly earlier ratings only; with `is_support`, support ratings only, as
+    `support_history` (`limaml_tf.sequences.add_sequences`)."""
+    return add_sequences(df, "user_id", "timestamp", {"seq_movie": "movie_id"}, max_len, label="label",
+                         label_name="seq_label", gap_name="seq_log_gap", is_support=is_support)
+
+
 def _slug(genre: str) -> str:
     return genre.lower().replace("'", "").replace("-", "_")
 
 
-def movielens_spec(train_df: pd.DataFrame, user_id_feature: bool = True) -> FeatureSpec:
+def movielens_spec(train_df: pd.DataFrame, user_id_feature: bool = True, sequence_len: int = 0) -> FeatureSpec:
     """The FeatureSpec for `interactions` frames. Vocabularies (and numeric stats) come from the
     training period only, so a user or movie first seen later maps to id 0 (unknown).
     `user_id` (a meta feature with the training users as vocabulary) is read only by ID meta
-    blocks; MLP meta blocks are given `mlp_meta_features(spec)`."""
+    blocks; MLP meta blocks are given `mlp_meta_features(spec)`. `sequence_len` > 0 adds the
+    sequence meta features of `with_sequences` (read only by a `TransformerMetaBlock`)."""
     genre_names = [g for g in GENRES if g != "unknown"]
     vocab = lambda col: tuple(sorted(train_df[col].astype(str).unique()))  # noqa: E731
     meta = [Feature("gender", "categorical", vocabulary=("F", "M")),
@@ -237,6 +251,10 @@ def movielens_spec(train_df: pd.DataFrame, user_id_feature: bool = True) -> Feat
             *(Feature(f"hist_genre_{_slug(g)}", "numeric") for g in genre_names)]
     if user_id_feature:
         meta.append(Feature("user_id", "categorical", vocabulary=vocab("user_id")))
+    if sequence_len:
+        meta += [Feature("seq_movie", "sequence", vocabulary=vocab("movie_id"), max_len=sequence_len),
+                 Feature("seq_label", "numeric_sequence", max_len=sequence_len),
+                 Feature("seq_log_gap", "numeric_sequence", max_len=sequence_len)]
     other = [Feature("movie_id", "categorical", vocabulary=vocab("movie_id")),
              Feature("genres", "multi_valued", vocabulary=tuple(GENRES), max_len=6),
              Feature("release_year", "numeric"),
@@ -248,7 +266,7 @@ def movielens_spec(train_df: pd.DataFrame, user_id_feature: bool = True) -> Feat
 
 
 def mlp_meta_features(spec: FeatureSpec) -> tuple[Feature, ...]:
-    return tuple(f for f in spec.meta_features if f.name != "user_id")
+    return tuple(f for f in spec.meta_features if f.name != "user_id" and f.name not in SEQUENCE_FEATURES)
 
 
 def load_tasks_frame(name: str = "ml-100k", path: str | None = None) -> pd.DataFrame:

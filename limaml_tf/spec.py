@@ -5,6 +5,17 @@ and serving all read it (it is saved as JSON beside every exported artifact, see
 `limaml_tf.artifacts`). Raw values are floats (numeric), strings (categorical) and
 lists of strings padded with "" (multi-valued); `limaml_tf.features.FeatureEncoder`
 turns them into model-ready tensors inside the TensorFlow graph.
+
+Sequences (a task's previous interactions, built causally by `limaml_tf.sequences`) are two kinds
+of fixed length `max_len`, **most recent first**, padded at the end:
+
+  sequence          strings, padded with "" (e.g. the item ids of the previous interactions);
+  numeric_sequence  floats, padded with 0.0 (e.g. their labels, log time gaps).
+
+A sequence feature has no mask of its own: position j is real when a categorical `sequence`
+of the same `max_len` has a non-empty value there (the sequences of a spec describe the same
+interactions, so their real lengths agree row by row; `validate` checks it). Given as lists,
+a sequence's real length is the list's length.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-KINDS = ("numeric", "categorical", "multi_valued")
+KINDS = ("numeric", "categorical", "multi_valued", "sequence", "numeric_sequence")
+LIST_KINDS = ("multi_valued", "sequence", "numeric_sequence")  # a fixed-length list of values per sample
+SEQUENCE_KINDS = ("sequence", "numeric_sequence")
 MULTI_VALUE_SEPARATOR = "|"
 
 
@@ -53,36 +66,44 @@ def check_seconds(seconds: np.ndarray, field: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Feature:
     name: str
-    kind: Literal["numeric", "categorical", "multi_valued"]
+    kind: Literal["numeric", "categorical", "multi_valued", "sequence", "numeric_sequence"]
     num_bins: int = 0  # categorical / multi_valued: hash buckets (ignored with a vocabulary)
     vocabulary: tuple[str, ...] | None = None  # categorical: known values; others -> id 0
-    max_len: int = 0  # multi_valued: values kept per sample
-    mean: float = 0.0  # numeric: standardization stats (set by FeatureSpec.fit)
+    max_len: int = 0  # multi_valued: values kept per sample; sequences: their length
+    mean: float = 0.0  # numeric / numeric_sequence: standardization stats (set by FeatureSpec.fit)
     std: float = 1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise FeatureError(f"feature {self.name!r}: kind {self.kind!r} is unknown: set kind to one of {KINDS}")
-        if self.kind != "numeric" and not self.vocabulary and self.num_bins < 1:
+        if not self.is_numeric and not self.vocabulary and self.num_bins < 1:
             raise FeatureError(f"feature {self.name!r}: set num_bins >= 1 or a vocabulary")
-        if self.kind == "multi_valued" and self.max_len < 1:
-            raise FeatureError(f"feature {self.name!r}: multi_valued needs max_len >= 1")
+        if self.kind in LIST_KINDS and self.max_len < 1:
+            raise FeatureError(f"feature {self.name!r}: {self.kind} needs max_len >= 1 (its values per sample)")
         if self.vocabulary is not None:
             object.__setattr__(self, "vocabulary", tuple(str(v) for v in self.vocabulary))
 
     @property
+    def is_numeric(self) -> bool:
+        return self.kind in ("numeric", "numeric_sequence")
+
+    @property
     def cardinality(self) -> int:
-        """Number of ids the encoder can emit (including 0)."""
-        if self.kind == "numeric":
+        """Number of ids the encoder can emit (including 0). A categorical `sequence` keeps id 0 for
+        padding and id 1 for an unknown value (a real past interaction with an item outside the
+        vocabulary still counts), so its vocabulary starts at 2."""
+        if self.is_numeric:
             return 0
+        if self.kind == "sequence" and self.vocabulary:
+            return 2 + len(self.vocabulary)
         return 1 + (len(self.vocabulary) if self.vocabulary else self.num_bins)
 
     @property
     def raw_dtype(self) -> tf.DType:
-        return tf.float32 if self.kind == "numeric" else tf.string
+        return tf.float32 if self.is_numeric else tf.string
 
     def raw_shape(self) -> tuple:
-        return (self.max_len,) if self.kind == "multi_valued" else ()
+        return (self.max_len,) if self.kind in LIST_KINDS else ()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -179,9 +200,12 @@ class FeatureSpec:
         self.validate(df)
 
         def fitted(f: Feature) -> Feature:
-            if f.kind != "numeric":
+            if not f.is_numeric:
                 return f
-            col = df[f.name].astype("float64")
+            col = pd.Series(np.concatenate([np.asarray(_number_list(v), "float64") for v in df[f.name]] or [[]])
+                            if f.kind == "numeric_sequence" else df[f.name].astype("float64"))
+            if col.empty:
+                return f
             std = float(col.std()) if len(col) > 1 else 1.0
             return dataclasses.replace(f, mean=float(col.mean()), std=std if std > 1e-12 else 1.0)
 
@@ -236,7 +260,43 @@ class FeatureSpec:
                     raise FeatureError(f"numeric feature {f.name!r} has dtype {col.dtype}: convert it to float")
                 if not np.isfinite(col.to_numpy(dtype="float64")).all():
                     raise FeatureError(f"numeric feature {f.name!r} has NaN/inf values: fill or drop them")
+        self._check_sequences(df)
         self._check_duplicates(df, required)
+
+    def _check_sequences(self, df: pd.DataFrame) -> None:
+        """Sequence values are lists (most recent first) of at most max_len non-empty strings / finite
+        numbers, and the sequences of one max_len have the same real length on every row."""
+        lengths = {}
+        for f in self.features:
+            if f.kind not in SEQUENCE_KINDS:
+                continue
+            n = np.zeros(len(df), np.int64)
+            for i, v in enumerate(df[f.name].to_numpy()):
+                try:
+                    items = _number_list(v) if f.kind == "numeric_sequence" else _string_list(v)
+                except (TypeError, ValueError):
+                    items = None
+                if items is None or (f.kind == "numeric_sequence" and not np.isfinite(items).all()) or \
+                        (f.kind == "sequence" and "" in items):
+                    what = "finite numbers" if f.kind == "numeric_sequence" else "non-empty strings"
+                    raise FeatureError(f"{f.kind} feature {f.name!r} has the value {v!r} on row {i}: give a list of "
+                                       f"{what}, most recent first (an empty list when there is no history)")
+                if len(items) > f.max_len:
+                    raise FeatureError(f"{f.kind} feature {f.name!r} has {len(items)} values on row {i}, more than "
+                                       f"its max_len {f.max_len}: keep the {f.max_len} most recent (or raise max_len)")
+                n[i] = len(items)
+            other = lengths.setdefault(f.max_len, (f.name, n))
+            if other[0] != f.name and (other[1] != n).any():
+                i = int(np.argmax(other[1] != n))
+                raise FeatureError(f"sequence features {other[0]!r} and {f.name!r} (max_len {f.max_len}) describe the "
+                                   f"same interactions but have {other[1][i]} and {n[i]} values on row {i}: build them "
+                                   "together (limaml_tf.sequences.add_sequences)")
+        if any(f.kind == "numeric_sequence" for f in self.features):
+            masks = {f.max_len for f in self.features if f.kind == "sequence"}
+            alone = [f.name for f in self.features if f.kind == "numeric_sequence" and f.max_len not in masks]
+            if alone:
+                raise FeatureError(f"numeric_sequence feature(s) {alone} have no categorical `sequence` feature of the "
+                                   "same max_len, which marks their real positions: add one (e.g. the item ids)")
 
     def _check_duplicates(self, df: pd.DataFrame, columns: list[str]) -> None:
         """Rows identical in every spec column (a logged event twice) are an error; rows of one task with
@@ -262,6 +322,8 @@ class FeatureSpec:
                 out[f.name] = col.to_numpy(dtype=np.float32)
             elif f.kind == "categorical":
                 out[f.name] = col.astype(str).to_numpy(dtype=object)
+            elif f.kind == "numeric_sequence":
+                out[f.name] = numeric_sequence_to_array(col, f.max_len)
             else:
                 out[f.name] = multi_values_to_array(col, f.max_len)
         return out
@@ -289,3 +351,34 @@ def multi_values_to_array(col: pd.Series, max_len: int) -> np.ndarray:
         v = [str(s) for s in v][:max_len]
         out[i, : len(v)] = v
     return out if codes is None else out[codes]
+
+
+def _string_list(v) -> list[str]:
+    if isinstance(v, str):
+        return [x for x in v.split(MULTI_VALUE_SEPARATOR) if x]
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return []
+    if isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, str) for x in v):
+        return list(v)
+    raise TypeError(f"not a list of strings: {v!r}")
+
+
+def _number_list(v) -> np.ndarray:
+    """A numeric sequence's values: a list / array of numbers, or "0.5|1" (CSV); None: empty."""
+    if isinstance(v, str):
+        return np.asarray([float(x) for x in v.split(MULTI_VALUE_SEPARATOR) if x], "float64")
+    if v is None:
+        return np.zeros(0)
+    arr = np.asarray(v)
+    if arr.ndim != 1 or arr.dtype.kind not in "biuf":
+        raise TypeError(f"not a list of numbers: {v!r}")
+    return arr.astype("float64")
+
+
+def numeric_sequence_to_array(col: pd.Series, max_len: int) -> np.ndarray:
+    """Lists of numbers (or "0.5|1" strings) -> [n, max_len] float32, padded with 0.0 (see module docstring)."""
+    out = np.zeros((len(col), max_len), np.float32)
+    for i, v in enumerate(col.to_numpy()):
+        values = _number_list(v)[:max_len]
+        out[i, : len(values)] = values
+    return out

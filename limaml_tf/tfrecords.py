@@ -43,7 +43,7 @@ def task_example(spec: FeatureSpec, task: dict) -> bytes:
             feats[f"{s}_{part}"] = _floats(task[f"{s}_{part}"])
         for f in spec.features:
             value = task[s][f.name]
-            feats[f"{s}/{f.name}"] = _floats(value) if f.kind == "numeric" else _bytes(value)
+            feats[f"{s}/{f.name}"] = _floats(value) if f.is_numeric else _bytes(value)
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 

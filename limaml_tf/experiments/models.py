@@ -14,7 +14,10 @@ Kinds (same features, same global block everywhere; DESIGN.md §1):
 the history features: the control where adaptation is the only way to use the support),
 ``item_aware=True`` (the MLP meta block also reads the candidate item's features, so an adapted meta
 block can re-rank items, not only shift the user's bias), ``dot=True`` (the global block adds a factorized
-user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`), ``warm_start=E`` (handled by the runner: the
+user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`),
+``meta_block="transformer"`` (the meta block is a `TransformerMetaBlock` over the user's previous ratings —
+the split then carries the sequence features, `Config.sequence_len` long — plus the MLP meta block's
+features; ``seq_dim`` / ``seq_heads`` / ``seq_layers`` size it), ``warm_start=E`` (handled by the runner: the
 first E epochs of the budget train the same blocks as a vanilla model); anything else goes to the model's
 constructor (``inner_learning_rate``, ``inner_steps``, ``support_dropout``, ``first_order``, or an
 option a newer `LiMAMLModel` adds), so a new variant needs no change to the runner: a `Variant`
@@ -31,14 +34,17 @@ import keras
 
 import tensorflow as tf
 
-from limaml_tf.blocks import FEATURES_PART, FeatureEmbedding, IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock
+from limaml_tf.blocks import (FEATURES_PART, FeatureEmbedding, IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock,
+                              TransformerMetaBlock)
 from limaml_tf.model import LiMAMLModel
 from limaml_tf.movielens import mlp_meta_features
+from limaml_tf.spec import SEQUENCE_KINDS
 from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
 BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware",
-                 "dot")
+                 "dot", "meta_block", "seq_dim", "seq_heads", "seq_layers")
+META_BLOCKS = ("mlp", "transformer")
 ITEM_FEATURES = ("movie_id", "genres", "release_year", "genre_affinity")  # what `item_aware` adds
 ITEM_TOWER_FEATURES = ("movie_id", "genres", "release_year")  # what `dot`'s item tower reads
 HISTORY_FEATURES = ("genre_affinity",)  # besides the meta features named hist_* (user x item history)
@@ -116,6 +122,10 @@ class Variant:
     def meta_learned(self) -> bool:
         return self.kind in ("maml", "limaml", "limaml_id")
 
+    @property
+    def reads_sequences(self) -> bool:
+        return self.kwargs.get("meta_block", "mlp") == "transformer"
+
 
 DEFAULT_VARIANTS = (
     Variant("vanilla", "vanilla", baseline=True),
@@ -184,7 +194,8 @@ def _is_history(feature) -> bool:
 def block_features(spec, history: bool = True, item_aware: bool = False):
     """(MLP meta block's features, global block's features). The global block also reads the (non-ID)
     meta features, so every model sees the same information whatever its meta block."""
-    keep = lambda feats: tuple(f for f in feats if history or not _is_history(f))  # noqa: E731
+    keep = lambda feats: tuple(f for f in feats if (history or not _is_history(f))  # noqa: E731
+                               and f.kind not in SEQUENCE_KINDS)
     user = keep(mlp_meta_features(spec))
     items = keep(f for f in spec.other_features if f.name in ITEM_FEATURES) if item_aware else ()
     return user + items, keep(spec.other_features) + user
@@ -200,7 +211,22 @@ def build(kind: str, spec, cfg, **options):
                                                                     "learning_rate"))
     meta_features, global_features = block_features(spec, bool(options.pop("history", True)),
                                                     bool(options.pop("item_aware", False)))
-    if kind in ("wd_id", "limaml_id"):
+    meta_kind = options.pop("meta_block", "mlp")
+    seq_sizes = {k: options.pop(f"seq_{k}", d) for k, d in (("dim", 16), ("heads", 2), ("layers", 1))}
+    if meta_kind not in META_BLOCKS:
+        raise ValueError(f"meta_block={meta_kind!r}: choose one of {META_BLOCKS}")
+    if meta_kind == "transformer":
+        if kind not in ("vanilla", "limaml") or dropout:
+            raise ValueError(f"meta_block='transformer' goes with the kinds vanilla and limaml, without dropout "
+                             f"(got kind {kind!r}, dropout {dropout})")
+        sequences = tuple(f for f in spec.meta_features if f.kind in SEQUENCE_KINDS)
+        if not sequences:
+            raise ValueError("meta_block='transformer': the spec has no sequence features (the split adds them when "
+                             "Config.sequence_len > 0 and a variant reads them)")
+        meta = TransformerMetaBlock(sequences + meta_features, output_dim=meta_dim, hidden_units=meta_hidden,
+                                    model_dim=seq_sizes["dim"], num_heads=seq_sizes["heads"],
+                                    num_layers=seq_sizes["layers"])
+    elif kind in ("wd_id", "limaml_id"):
         meta = IDEmbeddingMetaBlock(spec.feature("user_id"), output_dim=meta_dim)
     elif dropout:
         meta = DropoutMLPMetaBlock(meta_features, dropout=dropout, output_dim=meta_dim, hidden_units=meta_hidden)

@@ -20,7 +20,9 @@ summary. Vocabularies and numeric statistics come from the training rows only.
 
 In the per-user protocols the history features of every task are recomputed from its support
 rows only (`limaml_tf.movielens.support_history`): a query rating never sees another query
-rating's label, so the K support ratings are all a model knows about an evaluation user. The ID
+rating's label, so the K support ratings are all a model knows about an evaluation user. The
+sequence features (`limaml_tf.movielens.with_sequences`, only when a model reads them:
+`sequence_len(cfg)` > 0) obey the same rule. The ID
 meta block's vocabulary is the training users, so validation and test users are unseen.
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from limaml_tf.features import FeatureSpec
-from limaml_tf.movielens import movielens_spec, support_history
+from limaml_tf.movielens import movielens_spec, support_history, with_sequences
 from limaml_tf.tasks import TaskSet, paired_tasks, split_tasks, time_split
 
 PROTOCOLS = ("time", "few-shot", "user-cold")
@@ -76,11 +78,18 @@ def _positions(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return g.cumcount().to_numpy(), g["task"].transform("size").to_numpy()
 
 
+def sequence_len(cfg) -> int:
+    """The length of the sequence features the split carries: 0 (none) unless a model reads them."""
+    return int(getattr(cfg, "split_sequence_len", 0) or 0)
+
+
 def _tasks(rows: pd.DataFrame, is_support: np.ndarray, spec_or_none, max_support: int, max_query: int,
-           recompute: bool = True):
-    """History recomputed from the support rows, then padded support/query tasks."""
+           recompute: bool = True, seq_len: int = 0):
+    """History (and sequences) recomputed from the support rows, then padded support/query tasks."""
     rows = support_history(rows, is_support) if recompute else rows.reset_index(drop=True)
-    spec = spec_or_none or movielens_spec(rows)
+    if seq_len:
+        rows = with_sequences(rows, seq_len, is_support if recompute else None)
+    spec = spec_or_none or movielens_spec(rows, sequence_len=seq_len)
     tasks = paired_tasks(rows[is_support], rows[~is_support], spec, max_support=max_support, max_query=max_query)
     return tasks, spec, rows
 
@@ -126,7 +135,7 @@ def few_shot(frame: pd.DataFrame, seed: int, cfg) -> Split:
     rows, is_support = chronological(_user_rows(frame, train_users), cfg.max_train_samples)
     cap = cfg.max_train_samples or int(_positions(rows)[1].max())
     s_len = max(int(np.floor(cap * 0.75)), 1)
-    train, spec, train_rows = _tasks(rows, is_support, None, s_len, cap - s_len)
+    train, spec, train_rows = _tasks(rows, is_support, None, s_len, cap - s_len, seq_len=sequence_len(cfg))
     k_max = max(cfg.support_sizes)
     # the same users at every K: those with a query at the largest K (more than K_max ratings)
     val_users, test_users = (first_k(_user_rows(frame, u), k_max, cfg.max_query)[0]["task"].unique()
@@ -136,7 +145,7 @@ def few_shot(frame: pd.DataFrame, seed: int, cfg) -> Split:
         name = setting_name("few-shot", k)
         for users, out in ((val_users, validation), (test_users, test)):
             rows, is_support = first_k(_user_rows(frame, users), k, cfg.max_query)
-            out[name] = _tasks(rows, is_support, spec, k_max, cfg.max_query)[0]
+            out[name] = _tasks(rows, is_support, spec, k_max, cfg.max_query, seq_len=sequence_len(cfg))[0]
     return Split("few-shot", spec, train, validation, test, summary)
 
 
@@ -146,10 +155,11 @@ def user_cold(frame: pd.DataFrame, seed: int, cfg) -> Split:
     frame = frame[(counts >= lo) & (counts <= hi)].reset_index(drop=True)
     train_users, val_users, test_users = split_users(frame["task"].unique(), seed, cfg.user_fractions)
     q, s_max = cfg.user_cold_query, hi - cfg.user_cold_query
-    train, spec, train_rows = _tasks(*random_query(_user_rows(frame, train_users), q, seed), None, s_max, q)
+    L = sequence_len(cfg)
+    train, spec, train_rows = _tasks(*random_query(_user_rows(frame, train_users), q, seed), None, s_max, q, seq_len=L)
     name = setting_name("user-cold")
-    validation = {name: _tasks(*random_query(_user_rows(frame, val_users), q, seed + 1), spec, s_max, q)[0]}
-    test = {name: _tasks(*random_query(_user_rows(frame, test_users), q, seed + 2), spec, s_max, q)[0]}
+    validation = {name: _tasks(*random_query(_user_rows(frame, val_users), q, seed + 1), spec, s_max, q, seq_len=L)[0]}
+    test = {name: _tasks(*random_query(_user_rows(frame, test_users), q, seed + 2), spec, s_max, q, seq_len=L)[0]}
     summary = {"users with 13-100 ratings" if (lo, hi) == (13, 100) else f"users with {lo}-{hi} ratings":
                frame["task"].nunique(), **_user_summary(train_rows, train, val_users, test_users)}
     return Split("user-cold", spec, train, validation, test, summary)
@@ -159,8 +169,10 @@ def time_protocol(frame: pd.DataFrame, seed: int, cfg) -> Split:
     from limaml_tf.features import FeatureSpec as _Spec
 
     stub = _Spec("task", "timestamp", "label", (), ())
+    if sequence_len(cfg):  # causal over all of a user's ratings, as the history features of this protocol
+        frame = with_sequences(frame, sequence_len(cfg))
     train_df, valid_df, test_df = time_split(frame, stub, cfg.quantiles)
-    spec = movielens_spec(train_df)
+    spec = movielens_spec(train_df, sequence_len=sequence_len(cfg))
     train = split_tasks(train_df, spec, max_samples_per_task=cfg.max_train_samples)
     name = setting_name("time")
     validation = {name: paired_tasks(train_df, valid_df, spec, cfg.time_max_support, cfg.time_max_query)}

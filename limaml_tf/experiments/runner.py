@@ -53,6 +53,7 @@ class Config:
     # fine-tuning grid at evaluation (every model's "+FT" row picks its own on validation)
     ft_steps: tuple = (1, 3, 5)
     ft_learning_rates: tuple = (0.01, 0.05, 0.2, 0.5, 1.0)
+    sequence_len: int = 20                  # previous ratings in the sequence features (when a model reads them)
     models: tuple = ("vanilla", "W&D-ID", "MAML", "LiMAML", "LiMAML-ID")
     variants: tuple = ()                    # extra "NAME=KIND[:key=value,...]" (see models.parse_variant)
     # the paper's sensitivity tables on validation users (10: dropout, 12: α, 13: β)
@@ -78,6 +79,12 @@ class Config:
     @property
     def variant_list(self):
         return variants_for(self.models, [parse_variant(v) for v in self.variants])
+
+    @property
+    def split_sequence_len(self) -> int:
+        """`sequence_len` when a model reads the sequence features (meta_block="transformer"), else 0: the
+        splits of other runs carry no sequences and stay as they were."""
+        return self.sequence_len if any(v.reads_sequences for v in self.variant_list) else 0
 
 
 def load_frame(cfg: Config) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from limaml_tf.artifacts import EMBEDDING_INPUT, OUTPUT, SERVING_SIGNATURE, read_serving_metadata
-from limaml_tf.spec import FeatureError, FeatureSpec, multi_values_to_array
+from limaml_tf.spec import FeatureError, FeatureSpec, multi_values_to_array, numeric_sequence_to_array
 
 
 class ServingError(FeatureError):
@@ -103,6 +103,8 @@ def request_inputs(spec: FeatureSpec, features) -> dict[str, np.ndarray]:
                 raise ServingError(f"numeric feature {f.name!r} must be one value per sample, got shape {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ServingError(f"numeric feature {f.name!r} has NaN/inf: fill it (e.g. with the training mean)")
+        elif f.kind == "numeric_sequence":
+            arr = _numeric_sequence(f, arr)
         elif f.kind == "categorical":
             if arr.ndim != 1:
                 raise ServingError(f"categorical feature {f.name!r} must be one value per sample, got shape "
@@ -121,6 +123,24 @@ def request_inputs(spec: FeatureSpec, features) -> dict[str, np.ndarray]:
     if len(set(sizes.values())) > 1:
         raise ServingError(f"features have different numbers of samples {sizes}: send one value per sample for each")
     return out
+
+
+def _numeric_sequence(f, arr: np.ndarray) -> np.ndarray:
+    """[batch, values] numbers or one list per sample -> [batch, max_len] float32 padded with 0.0."""
+    try:
+        if arr.ndim == 2 and arr.dtype.kind in "biuf":
+            arr = arr.astype(np.float32)[:, :f.max_len]
+            arr = np.pad(arr, [(0, 0), (0, f.max_len - arr.shape[1])])
+        elif arr.ndim == 1:
+            arr = numeric_sequence_to_array(pd.Series(list(arr)), f.max_len)
+        else:
+            raise ValueError
+        if not np.isfinite(arr).all():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ServingError(f"numeric_sequence feature {f.name!r} must be [batch, values] finite numbers (or one "
+                           "list per sample, most recent first), padded with 0.0") from None
+    return arr
 
 
 class ServingClient:
