@@ -2,7 +2,7 @@
 # The variants tried to make LiMAML win (issue 10, section 3), trained on one protocol and scored on its
 # validation users; read the result with `limaml reproduce --compare` (docs/protocols_ml100k/README.md).
 #
-#   SEEDS="0 1 2" scripts/protocol_variants.sh few-shot a     # groups: a, b, c, d (below); protocols: few-shot, user-cold
+#   SEEDS="0 1 2" scripts/protocol_variants.sh few-shot a     # groups: a .. e (below); protocols: few-shot, user-cold
 #   limaml reproduce --compare runs/variants/few-shot/*/seed* --out docs/protocols_ml100k/variants/few-shot
 set -euo pipefail
 P=$1; G=$2
@@ -26,7 +26,11 @@ case $G in
   d) V=(--models vanilla                                       # a factorized user x item term in the global block
         --variant 'vanilla-dot!=vanilla:dot=True' --variant 'W&D-ID-dot!=wd_id:dot=True'
         --variant 'mixed-dot=limaml:mixed_loss_weight=1.0,dot=True' --variant 'mixed3-dot=limaml:mixed_loss_weight=3.0,dot=True') ;;
-  *) echo "unknown group $G (a, b, c or d)" >&2; exit 2 ;;
+  e) V=(--models vanilla 'W&D-ID'                             # a transformer meta block over the previous 20 ratings
+        --variant 'mixed=limaml:mixed_loss_weight=1.0'
+        --variant 'seq-mixed=limaml:mixed_loss_weight=1.0,meta_block=transformer'
+        --variant 'vanilla-seq!=vanilla:meta_block=transformer') ;;   # the sequence read by a plain model
+  *) echo "unknown group $G (a, b, c, d or e)" >&2; exit 2 ;;
 esac
 for s in ${SEEDS:-0 1 2}; do
   limaml reproduce --protocol "$P" "${COMMON[@]}" --seeds "$s" "${V[@]}" --out "runs/variants/$P/$G/seed$s"
