@@ -20,16 +20,24 @@ from limaml_tf import export as ex
 from limaml_tf.serving import load_check
 from limaml_tf.serving.server import ModelRepository
 from limaml_tf.tasks import split_tasks
-from tests.serving_helpers import DIM, keras_probability, request_rows, tiny  # noqa: F401 (fixture)
+from tests.serving_helpers import DIM, keras_probability, request_rows, tiny, tiny_model  # noqa: F401 (fixture)
+
+
+def _export(model, spec, df, base):
+    path = ex.export_serving(model, base, "ranker", train_df=df)
+    adapter = ex.export_adapter(model, os.path.join(base, "ranker_adapter", "1"), steps=2, learning_rate=0.3)
+    return model, spec, df, base, path, adapter
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny):
-    model, spec, df = tiny
-    base = str(tmp_path_factory.mktemp("saved_models"))
-    path = ex.export_serving(model, base, "ranker", train_df=df)
-    adapter = ex.export_adapter(model, os.path.join(base, "ranker_adapter", "1"), steps=2, learning_rate=0.3)
-    return model, spec, df, base, path, adapter
+    return _export(*tiny, str(tmp_path_factory.mktemp("saved_models")))
+
+
+@pytest.fixture(scope="module")
+def exported_sequences(tmp_path_factory):
+    """A TransformerMetaBlock over sequence features: the adapter adapts it, serving takes the sequences."""
+    return _export(*tiny_model(sequences=True), str(tmp_path_factory.mktemp("saved_models_seq")))
 
 
 def test_layout_metadata_and_models_config(exported):
@@ -124,8 +132,9 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
-def test_fresh_process_matches_keras(exported, tmp_path):
-    model, spec, df, _, path, adapter = exported
+@pytest.mark.parametrize("which", ["exported", "exported_sequences"])
+def test_fresh_process_matches_keras(which, request, tmp_path):
+    model, spec, df, _, path, adapter = request.getfixturevalue(which)
     raw = request_rows(spec, df)
     tasks = split_tasks(df, spec, max_samples_per_task=8).arrays
     tasks["support_mask"][1] = 0  # a task with no recent samples: cold start
@@ -158,9 +167,10 @@ def test_fresh_process_matches_keras(exported, tmp_path):
                   ).max() > 1e-4
 
 
-def test_cpp_loader_runs_the_export(exported, request, require_tool):
+@pytest.mark.parametrize("which", ["exported", "exported_sequences"])
+def test_cpp_loader_runs_the_export(which, request, require_tool):
     require_tool(load_check.compiler(), "a C++ compiler (g++ / clang++, or $CXX)", "scripts/system_deps.sh")
-    model, spec, df, _, path, _ = exported
+    model, spec, df, _, path, _ = request.getfixturevalue(which)
     # cache the binary between runs (keyed by the source and the TF version); CI builds it once
     key = f"{tf.__version__}-{hashlib.sha256(open(load_check.SOURCE, 'rb').read()).hexdigest()[:16]}"
     binary = os.path.join(str(request.config.cache.mkdir("load_check")), f"load_check-{key}")
