@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.sinks import WriteShards
-from limaml_tf.spec import MAX_EPOCH_SECONDS, FeatureError, FeatureSpec
+from limaml_tf.spec import LIST_KINDS, MAX_EPOCH_SECONDS, FeatureError, FeatureSpec
 from limaml_tf.tasks import keep_most_recent
 
 FORMATS = ("parquet", "tfrecord")
@@ -69,7 +69,7 @@ def _example_rows(records, spec: FeatureSpec) -> pd.DataFrame:
     """Serialized tf.train.Example (one interaction each) -> DataFrame, one column per feature key."""
     import tensorflow as tf
 
-    multi = {f.name for f in spec.features if f.kind == "multi_valued"}
+    multi = {f.name for f in spec.features if f.kind in LIST_KINDS}
     rows = []
     for rec in records:
         row = {}
@@ -86,7 +86,7 @@ def interaction_example(row: dict, spec: FeatureSpec) -> bytes:
     """One interaction as a tf.train.Example (the TFRecord input format of the pipelines)."""
     import tensorflow as tf
 
-    multi = {f.name for f in spec.features if f.kind == "multi_valued"}
+    multi = {f.name for f in spec.features if f.kind in LIST_KINDS}
     feats = {}
     for key, v in row.items():
         if key in multi:

@@ -4,7 +4,8 @@ anything runs: an unknown key, a wrong type or a missing file is an error naming
     data:      path (Parquet / CSV file or a directory of them; a MovieLens directory with `movielens`),
                format (auto | parquet | csv), movielens (ml-100k | ml-1m), synthetic ({num_tasks, seed, ...})
     features:  the FeatureSpec as a mapping (limaml_tf.spec), or "movielens" (limaml_tf.movielens.movielens_spec)
-    model:     meta_block {type: mlp | id, ...}, global_block {type: mlp | dcn, features: other | all | [names]},
+    model:     meta_block {type: mlp | id | transformer, ...},
+               global_block {type: mlp | dcn, features: other | all | [names]},
                and LiMAMLModel's options (inner_steps, inner_learning_rate, first_order, ...)
     training:  epochs, tasks_per_batch, learning_rate, clipnorm, warmup_fraction, max_samples_per_task,
                seed, split [train end, valid end] quantiles of time, backup (resume after a crash)
@@ -38,7 +39,8 @@ SECTIONS = {
                  "eval_max_samples_per_task": 32},
     "output": {"dir": "runs/limaml", "saved_models": "saved_models", "model_name": "limaml", "export": True},
 }
-META_BLOCKS = {"mlp": ("MLPMetaBlock", "features"), "id": ("IDEmbeddingMetaBlock", "feature")}
+META_BLOCKS = {"mlp": ("MLPMetaBlock", "features"), "id": ("IDEmbeddingMetaBlock", "feature"),
+               "transformer": ("TransformerMetaBlock", "features")}
 GLOBAL_BLOCKS = {"mlp": "MLPGlobalBlock", "dcn": "DCNGlobalBlock"}
 FORMATS = ("auto", "parquet", "csv")
 

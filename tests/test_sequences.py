@@ -140,8 +140,8 @@ def seq_data():
     df = df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
     df = add_sequences(df, "user_id", "timestamp", {"seq_item": "item_id"}, L, label="label",
                        label_name="seq_label", gap_name="seq_gap")
-    seqs = (Feature("seq_item", "sequence", num_bins=16, max_len=L), Feature("seq_label", "numeric_sequence", max_len=L),
-            Feature("seq_gap", "numeric_sequence", max_len=L))
+    seqs = (Feature("seq_item", "sequence", num_bins=16, max_len=L),
+            Feature("seq_label", "numeric_sequence", max_len=L), Feature("seq_gap", "numeric_sequence", max_len=L))
     spec = FeatureSpec(spec.task_key, spec.timestamp, spec.label, spec.meta_features + seqs, spec.other_features)
     return df, spec.fit(df)
 
