@@ -182,3 +182,16 @@ def test_save_load_round_trip(seq_data, tmp_path):
     raw = {k: tf.constant(v) for k, v in spec.raw_arrays(df.iloc[:6]).items()}
     np.testing.assert_allclose(loaded.embed(loaded.encoder(raw)), model.embed(model.encoder(raw)), rtol=1e-6)
     np.testing.assert_allclose(loaded(raw), model(raw), rtol=1e-6)
+
+
+def test_serving_client_pads_sequences_and_rejects_bad_numbers():
+    from limaml_tf.serving.client import ServingError, request_inputs
+
+    spec = _seq_spec()
+    out = request_inputs(spec, {"seq_item": [["a", "b"], []], "seq_label": [[1.0, 0.0], []]})
+    assert out["seq_item"].tolist() == [["a", "b", "", ""], ["", "", "", ""]]
+    assert out["seq_label"].dtype == np.float32 and out["seq_label"].tolist() == [[1, 0, 0, 0], [0, 0, 0, 0]]
+    dense = request_inputs(spec, {"seq_item": np.array([["a", ""]]), "seq_label": np.array([[0.5, 0.0]])})
+    assert dense["seq_label"].shape == (1, L)
+    with pytest.raises(ServingError, match="seq_label"):
+        request_inputs(spec, {"seq_item": [["a"]], "seq_label": [[np.nan]]})
