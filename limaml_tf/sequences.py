@@ -34,10 +34,10 @@ def previous_rows(df: pd.DataFrame, task_key: str, timestamp: str, max_len: int,
     visible = np.ones(n, bool) if is_support is None else np.asarray(is_support, bool)
     if len(visible) != n:
         raise ValueError(f"is_support has {len(visible)} entries for {n} rows")
-    task = pd.factorize(df[task_key].to_numpy())[0]
+    task = pd.factorize(df[task_key].to_numpy())[0]  # codes in order of first appearance
     t = df[timestamp].to_numpy()
-    if n and ((np.diff(task) < 0) | ((np.diff(task) == 0) & (np.diff(t) < 0))).any() or \
-            (n and (np.diff(task) != 0).sum() + 1 != task.max() + 1):
+    same_task = np.diff(task) == 0
+    if n and ((np.diff(task) < 0).any() or (same_task & (np.diff(t) < 0)).any()):  # a task split or time going back
         raise FeatureError(f"add_sequences: rows must be sorted by ({task_key!r}, {timestamp!r}): sort them first, "
                            f"e.g. df.sort_values([{task_key!r}, {timestamp!r}], kind='stable')")
     # visible rows of each task in time order: a support row sees a prefix of them (those strictly earlier)
@@ -45,9 +45,9 @@ def previous_rows(df: pd.DataFrame, task_key: str, timestamp: str, max_len: int,
     vis_count = np.bincount(task[vis_rows], minlength=task.max() + 1 if n else 0)
     vis_start = np.cumsum(vis_count) - vis_count
     before = np.cumsum(visible) - visible  # visible rows before this row, all tasks
-    task_first = np.r_[0, np.flatnonzero(np.diff(task)) + 1] if n else np.zeros(0, int)
+    task_first = np.r_[0, np.flatnonzero(~same_task) + 1] if n else np.zeros(0, int)
     earlier = before - before[task_first][task]  # ... of this task, ties not yet excluded
-    tie_first = np.r_[True, (np.diff(task) != 0) | (np.diff(t) != 0)] if n else np.zeros(0, bool)
+    tie_first = np.r_[True, ~same_task | (np.diff(t) != 0)] if n else np.zeros(0, bool)
     earlier = earlier[np.maximum.accumulate(np.where(tie_first, np.arange(n), 0))]  # rows tied on time see alike
     count = np.where(visible, earlier, vis_count[task]) if is_support is not None else earlier
     j = np.arange(max_len)[None, :]
