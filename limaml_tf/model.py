@@ -269,9 +269,9 @@ class LiMAMLModel(keras.Model):
 
     def embed_definition(self, encoded, definition: str | None = None, training=False):
         """The un-adapted meta embedding of one definition (the cold start of its tasks); None: all of them."""
-        self._check_definition(definition)
         if definition is None:
             return self.embed(encoded, training)
+        self._check_definition(definition)
         block = self.meta_block.blocks[definition]
         return MetaBlocks._call(block, encoded, training)
 
