@@ -37,11 +37,10 @@ def refreshed(tmp_path_factory):
         v.assign(rng.normal(0, 0.4, v.shape).astype("float32"))
     serving_path, adapters = ex.export_model(model, str(root / "saved_models"), "ranker", train_df=df, steps=2)
     (root / "in").mkdir()
-    df.to_parquet(root / "in" / "a.parquet")
+    df.to_parquet(root / "in" / "a.parquet")  # every definition's key column: the refresh reads its own
     store_dir = str(root / "store")
     summaries = {d: rx.refresh(str(root / "in"), adapters[d], str(root / f"out_{d}"), AS_OF, days=DAYS, max_samples=S,
-                               tasks_per_batch=T, num_buckets=2, store_dir=store_dir, workers=1,
-                               ignore_columns=[c for c in spec.task_key_columns if c != spec.definitions[d]])
+                               tasks_per_batch=T, num_buckets=2, store_dir=store_dir, workers=1)
                  for d in DEFS}
     return dict(df=df, spec=spec, model=model, serving_path=serving_path, adapters=adapters, store_dir=store_dir,
                 summaries=summaries)
