@@ -153,7 +153,8 @@ class EmbeddingStore:
         missing = [d for d in task_keys if d not in published]
         if missing:
             raise RuntimeError(f"embedding store {self.root!r} has no embeddings of the task definition(s) {missing}: "
-                               "run `limaml refresh` with each definition's adapter (saved_models/<name>_adapter_<def>)")
+                               "run `limaml refresh` with each definition's adapter "
+                               "(saved_models/<name>_adapter_<def>)")
         keys = {d: [str(k) for k in ks] for d, ks in task_keys.items()}
         lookup = [store_key(d, k) for d, ks in keys.items() for k in ks + [COLD_START_KEY]]
         values = self.online_rows(lookup)["embedding"].tolist()

@@ -26,7 +26,6 @@ import tensorflow as tf
 
 from limaml_tf.artifacts import AGGREGATIONS  # noqa: F401  (re-exported; the adapter config names one)
 from limaml_tf.blocks import FEATURES_PART, TaskParameterizedMetaBlock
-from limaml_tf.definitions import MetaBlocks
 
 # A block may draw up to this many random tensors in one forward pass: Keras' SeedGenerator adds 1 to
 # the second seed component per draw, and consecutive passes of a task are this far apart.
@@ -292,7 +291,8 @@ def adapt_definition(net: Network, weights: Weights, definition: str, support, s
     features, labels, mask = support
     meta = net.meta_block.split(weights.meta)
     params = meta[definition]
-    rates = net.meta_block.split(weights.inner_rates)[definition] if weights.inner_rates else [learning_rate] * len(params)
+    rates = ([learning_rate] * len(params) if not weights.inner_rates
+             else net.meta_block.split(weights.inner_rates)[definition])
     for step in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(params)

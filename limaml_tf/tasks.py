@@ -212,7 +212,8 @@ def _pad_sets(spec: FeatureSpec, keys: np.ndarray, sets: dict[str, pd.DataFrame]
         arrays[f"{name}_time"] = gather(df["_t"].to_numpy(np.float64), 0.0)
         others = {d: c for d, c in spec.definitions.items() if c != spec.task_key}
         if others:
-            arrays[f"{name}_keys"] = {d: gather(df[c].astype(str).to_numpy(dtype=object), "") for d, c in others.items()}
+            arrays[f"{name}_keys"] = {d: gather(df[c].astype(str).to_numpy(dtype=object), "")
+                                      for d, c in others.items()}
     for d in arrays.get("query_keys", {}):
         sub = subtask_arrays(arrays["support_keys"][d], arrays["support_mask"], arrays["query_keys"][d],
                              arrays["query_mask"])

@@ -69,7 +69,8 @@ def test_one_adapter_and_refresh_per_definition(refreshed):
         want = expected(model, spec, refreshed["df"], d)
         adapted = rows[rows.source == "adapted"]
         assert sorted(adapted.index) == sorted(want.index)
-        np.testing.assert_allclose(np.stack(adapted.loc[want.index, "embedding"]), want.to_numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.stack(adapted.loc[want.index, "embedding"]), want.to_numpy(),
+                                   rtol=1e-5, atol=1e-6)
     assert rows.index.str.contains("|", regex=False).sum() > 12  # several user x type tasks per user
 
 

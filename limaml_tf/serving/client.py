@@ -186,7 +186,8 @@ class ServingClient:
         parts, found = [], {}
         for d, layout in self.definitions.items():
             o, dim = int(layout["offset"]), int(layout["embedding_dim"])
-            emb, found[d] = self._checked(keys[d], *looked_up[d], dim, self.cold_start[o:o + dim], f" of definition {d!r}")
+            emb, found[d] = self._checked(keys[d], *looked_up[d], dim, self.cold_start[o:o + dim],
+                                          f" of definition {d!r}")
             parts.append(emb)
         return np.concatenate(parts, 1), found
 
