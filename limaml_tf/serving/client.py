@@ -230,7 +230,8 @@ class ServingClient:
             keys = [task_keys] if isinstance(task_keys, str) else list(task_keys)
             counts = {len(keys)}
         if counts != {n}:
-            raise ServingError(f"got {sorted(counts)} task keys for {n} samples: send one task key per sample")
+            got = " / ".join(map(str, sorted(counts)))
+            raise ServingError(f"got {got} task keys for {n} samples: send one task key per sample")
         if self.dim:
             inputs[EMBEDDING_INPUT] = self.embeddings(keys)[0]
         request = predict_pb2.PredictRequest()
