@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import limaml_tf as lt
 from conftest import tiny_blocks
+from limaml_tf.tasks import pad_task_count
 from test_meta_gradients import _max_rel_err
 
 TWO = {"user": "user_id", "user_x_type": "user_item_type"}
@@ -129,10 +130,9 @@ def test_only_the_primary_definition_equals_one_meta_block(two_level):
 
 def _pad_bundle(bundle, tasks=9, extra=3):
     """More empty tasks, and more padded slots on every axis (support, query, sub-tasks, sub-task support)."""
-    def pad(a, axes, fill=0):
-        return np.pad(a, [(0, extra if i in axes else 0) for i in range(a.ndim)], mode="edge" if fill is None
-                      else "constant", constant_values=fill) if fill is not None else \
-            np.pad(a, [(0, extra if i in axes else 0) for i in range(a.ndim)], mode="edge")
+    def pad(a, axes, fill=0):  # fill None: repeat the last slot (as the package pads features)
+        widths = [(0, extra if i in axes else 0) for i in range(a.ndim)]
+        return np.pad(a, widths, mode="edge") if fill is None else np.pad(a, widths, constant_values=fill)
     out = dict(bundle)
     for name in ("support", "query"):
         out[name] = {k: pad(v, {1}, None) for k, v in bundle[name].items()}
@@ -143,7 +143,7 @@ def _pad_bundle(bundle, tasks=9, extra=3):
     out["subtask_support_mask"] = {d: pad(v, {1, 2}) for d, v in bundle["subtask_support_mask"].items()}
     out["subtask_key"] = {d: pad(v, {1}, "") for d, v in bundle["subtask_key"].items()}
     out = {k: v for k, v in out.items() if not k.endswith(("_time", "_keys"))}
-    return lt.tasks.pad_task_count(out, tasks)
+    return pad_task_count(out, tasks)
 
 
 def test_padding_changes_nothing(two_level):

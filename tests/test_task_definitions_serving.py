@@ -16,6 +16,7 @@ from limaml_tf.feature_store import EmbeddingStore
 from limaml_tf.serving import ServingClient
 from limaml_tf.serving.client import InMemoryEmbeddingStore
 from limaml_tf.synthetic import DAY
+from limaml_tf.tasks import recent_tasks
 
 AS_OF, DAYS, S, T = 40 * DAY, 20, 8, 4
 DEFS = ("user", "user_x_type")
@@ -49,7 +50,7 @@ def refreshed(tmp_path_factory):
 def expected(model, spec, df, definition):
     """Algorithm 2b from the Keras model for `definition`'s tasks (grouped by its key column)."""
     window = df[(df.timestamp >= AS_OF - DAYS * DAY) & (df.timestamp < AS_OF)]
-    tasks = lt.tasks.recent_tasks(window, spec.for_definition(definition), S)
+    tasks = recent_tasks(window, spec.for_definition(definition), S)
     a = tasks.arrays
     last = a["support_mask"].sum(1).astype(int) - 1
     latest = {k: v[np.arange(len(v)), last] for k, v in a["support"].items()}
