@@ -14,7 +14,10 @@ Kinds (same features, same global block everywhere; DESIGN.md §1):
 the history features: the control where adaptation is the only way to use the support),
 ``item_aware=True`` (the MLP meta block also reads the candidate item's features, so an adapted meta
 block can re-rank items, not only shift the user's bias), ``dot=True`` (the global block adds a factorized
-user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`), ``warm_start=E`` (handled by the runner: the
+user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`),
+``definitions=("user", "user_x_genre")`` (LiMAML with one MLP meta block per task definition — the
+user and the user x the movie's main genre; the data then carries both task keys,
+docs/task_definitions.md), ``warm_start=E`` (handled by the runner: the
 first E epochs of the budget train the same blocks as a vanilla model); anything else goes to the model's
 constructor (``inner_learning_rate``, ``inner_steps``, ``support_dropout``, ``first_order``, or an
 option a newer `LiMAMLModel` adds), so a new variant needs no change to the runner: a `Variant`
@@ -38,7 +41,7 @@ from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
 BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware",
-                 "dot")
+                 "dot", "definitions")
 ITEM_FEATURES = ("movie_id", "genres", "release_year", "genre_affinity")  # what `item_aware` adds
 ITEM_TOWER_FEATURES = ("movie_id", "genres", "release_year")  # what `dot`'s item tower reads
 HISTORY_FEATURES = ("genre_affinity",)  # besides the meta features named hist_* (user x item history)
@@ -206,6 +209,14 @@ def build(kind: str, spec, cfg, **options):
         meta = DropoutMLPMetaBlock(meta_features, dropout=dropout, output_dim=meta_dim, hidden_units=meta_hidden)
     else:
         meta = MLPMetaBlock(meta_features, output_dim=meta_dim, hidden_units=meta_hidden)
+    definitions = options.pop("definitions", None)
+    if definitions:
+        if kind != "limaml":
+            raise ValueError(f"definitions={definitions!r} is an option of kind 'limaml' only, not {kind!r}")
+        genres = (spec.feature("genres"),) if "genres" not in {f.name for f in meta_features} else ()
+        meta = {d: MLPMetaBlock(meta_features + (genres if d != "user" else ()), output_dim=meta_dim,
+                                hidden_units=meta_hidden, name=f"meta_{d}")  # user x genre: + the genres
+                for d in definitions}
     if options.pop("dot", False):
         items = tuple(f for f in spec.other_features if f.name in ITEM_TOWER_FEATURES)
         glob = DotMLPGlobalBlock(global_features, items, item_dim=meta_dim, hidden_units=global_hidden,
