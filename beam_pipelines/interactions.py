@@ -194,7 +194,7 @@ def check_rows(df: pd.DataFrame, spec: FeatureSpec, require_label: bool = True,
             reasons.append(why)
             code[bad] = len(reasons) - 1
 
-    known = {spec.task_key, spec.timestamp, spec.label, *(f.name for f in spec.features), *ignore_columns}
+    known = {*spec.task_key_columns, spec.timestamp, spec.label, *(f.name for f in spec.features), *ignore_columns}
     for c in df.columns:
         if c not in known:
             flag(df[c].notna(), f"unknown column {c!r}: add it to the feature spec or pass --ignore-columns {c}")

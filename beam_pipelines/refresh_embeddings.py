@@ -23,6 +23,10 @@ Reproducible: batches are cut deterministically (stable bucket hash, tasks sorte
 batches ordered by id), and computed_at is the --as-of time, not the wall clock: re-running the
 same --as-of gives identical rows. A failed run never replaces the last committed run and
 publishes nothing, so the previous embeddings stay served.
+
+Several task definitions: run the refresh once per definition's adapter (`export_adapter(...,
+definition=d)`; its spec groups by that definition's key column), each into its own --output and the
+same --store-dir; the store keys its rows "<definition>=<task key>" (`limaml_tf.artifacts.store_key`).
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ def summarize(run_dir: str, rows: pd.DataFrame, adapter: str, config: dict, comp
     return {
         "as_of": computed_at.isoformat(), "window_days": days, "adapter": adapter,
         "model_version": str(config["model_version"]), "steps": config["steps"],
+        "definition": config.get("definition"),  # several task definitions: the one this run embeds
         "aggregation": config["aggregation"], "embedding_dim": config["embedding_dim"],
         "rows": len(rows), "adapted": int((rows["source"] == "adapted").sum()),
         "cold_start": int((rows["source"] == "cold_start").sum()), "dead_letter": len(dead),

@@ -27,6 +27,7 @@ _EXPORTS = {
     "FeatureSpec": "limaml_tf.spec",
     "FeatureEncoder": "limaml_tf.features",
     "LiMAMLModel": "limaml_tf.model",
+    "MetaBlocks": "limaml_tf.definitions",
     "VanillaModel": "limaml_tf.vanilla",
     "make_synthetic": "limaml_tf.synthetic",
     "TaskSet": "limaml_tf.tasks",

@@ -56,6 +56,13 @@ EMBEDDING_COLUMNS = ("task_key", "embedding", "model_version", "computed_at", "s
 COLD_START_KEY = "__cold_start__"  # the row for a task never seen: the model's cold-start embedding
 
 
+def store_key(definition: str | None, task_key: str) -> str:
+    """The feature store's key of a task: the task key itself (one task definition), or
+    "<definition>=<task key>" for an adapter exported for one of several definitions, so every
+    definition's rows live in one feature view and one lookup fetches a request's embeddings."""
+    return str(task_key) if definition is None else f"{definition}={task_key}"
+
+
 # -- writing -----------------------------------------------------------------------------------
 
 _WRITE_FIXES = {errno.EACCES: "make it writable or choose another output directory",

@@ -10,6 +10,9 @@ needs no limaml_tf code to run: `tf.saved_model.load(path)` and call
   cold_start({"<feature>": [B, ...] raw}) -> {"meta_embedding": [B, d]}   (un-adapted)
 
 (`limaml_tf.artifacts.adapter_inputs` packs `embed_tasks`' inputs from a task bundle.)
+With several task definitions (a dict meta block) there is one adapter per definition
+(`export_adapter(..., definition=d)`): its spec has that definition's column as `task_key`, so the
+refresh groups by it unchanged, `d` is its embedding size and its config names the definition.
 `k` (steps), `α` (learning rate) and the aggregation are saved config
 (assets.extra/limaml_config.json), fixed at export time; export one adapter per setting.
 File names, readers and the models.config writer are in `limaml_tf.artifacts` (no Keras).
@@ -34,16 +37,38 @@ from limaml_tf.artifacts import (AGGREGATIONS, COLD_START, CONFIG_FILE, EMBED_TA
 load_serving_metadata = read_serving_metadata  # (FeatureSpec, metadata dict) of a serving export
 
 
-def embedding_dim(model) -> int:
-    return int(model.embed(model.encoder(model.spec.dummy_inputs(1))).shape[-1])
+def embedding_dim(model, definition: str | None = None) -> int:
+    """Size of the meta embedding the global block reads (all definitions'), or of one definition's."""
+    return int(model.embed_definition(model.encoder(model.spec.dummy_inputs(1)), definition).shape[-1])
+
+
+def definition_layout(model) -> dict | None:
+    """Several task definitions: {definition: {"task_key": column, "embedding_dim": d, "offset": o}}, the
+    slice [o, o + d) of the served `meta_embedding` (sorted definition order); None with one meta block."""
+    names = getattr(model.meta_block, "names", None)
+    if names is None:
+        return None
+    layout, offset = {}, 0
+    for d in names:
+        dim = embedding_dim(model, d)
+        layout[d] = {"task_key": model.spec.definitions[d], "embedding_dim": dim, "offset": offset}
+        offset += dim
+    return layout
 
 
 def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None = None,
-                   aggregation: str = "latest", model_version: str = "1", extra_config: dict | None = None) -> str:
-    """Writes the adapter SavedModel for `model` (a LiMAMLModel) to `path`, atomically."""
+                   aggregation: str = "latest", model_version: str = "1", extra_config: dict | None = None,
+                   definition: str | None = None) -> str:
+    """Writes the adapter SavedModel for `model` (a LiMAMLModel) to `path`, atomically. With several task
+    definitions, `definition` names the one whose tasks the adapter embeds (one adapter per definition)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    spec = model.spec
+    layout = definition_layout(model)
+    if layout is not None and definition not in layout:
+        raise ValueError(f"export_adapter(definition={definition!r}): the model has meta blocks for the task "
+                         f"definitions {sorted(layout)}; export one adapter per definition (definition=...)")
+    model._check_definition(definition)
+    spec = model.spec if definition is None else model.spec.for_definition(definition)
     lr = model.inner_learning_rate if learning_rate is None else float(learning_rate)
     raw = spec.input_signature
     support_sig = {f"support_{k}": tf.TensorSpec([None, None] + s.shape[1:], s.dtype, name=f"support_{k}")
@@ -58,11 +83,11 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
         support = model.encode_samples({n: inputs[f"support_{n}"] for n in names}, tf.shape(inputs["support_mask"]))
         latest = model.encoder({n: inputs[f"latest_{n}"] for n in names})
         emb = model.meta_embeddings(support, inputs["support_label"], inputs["support_mask"], latest, steps, lr,
-                                    aggregation, task_key=inputs["task_key"])
+                                    aggregation, task_key=inputs["task_key"], definition=definition)
         return {"meta_embedding": tf.cast(emb, tf.float32)}
 
     def cold_start(inputs):
-        return {"meta_embedding": tf.cast(model.embed(model.encoder(inputs)), tf.float32)}
+        return {"meta_embedding": tf.cast(model.embed_definition(model.encoder(inputs), definition), tf.float32)}
 
     archive = keras.export.ExportArchive()
     for part in (model.encoder, model.meta_block, model.global_block):  # not the model: its cached
@@ -72,8 +97,9 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
                                            **support_sig, **latest_sig}])
     archive.add_endpoint(COLD_START, tf.function(cold_start), input_signature=[raw((None,))])
     config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation,
-              "embedding_dim": embedding_dim(model),
-              "model_version": str(model_version), "tensorflow_version": tf.__version__, **(extra_config or {})}
+              "embedding_dim": embedding_dim(model, definition),
+              "model_version": str(model_version), "tensorflow_version": tf.__version__,
+              **({"definition": definition} if definition is not None else {}), **(extra_config or {})}
     with atomic_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
         write_extra(tmp, SPEC_FILE, spec.to_json())
@@ -184,6 +210,7 @@ def export_serving(model, base_dir: str = "saved_models", model_name: str = "lim
     metadata = {"model_name": model_name, "version": version, "signature": SERVING_SIGNATURE,
                 "inputs": {k: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for k, s in signature.items()},
                 "output": OUTPUT, "embedding_dim": dim, "cold_start_embedding": cold_start,
+                **({"definitions": definition_layout(model)} if definition_layout(model) else {}),
                 "training_data_range": _data_range(spec, train_df),
                 "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
                 "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra_metadata or {})}
@@ -204,10 +231,15 @@ def export_model(model, saved_models: str = "saved_models", model_name: str = "l
                  steps: int | None = None, aggregation: str = "latest") -> tuple[str, str]:
     """What a trained model ships as: the serving export `<saved_models>/<model_name>/<v>/` (+ models.config)
     and its adapter `<saved_models>/<model_name>_adapter/<v>/` (model_version v; `steps` default: the
-    model's eval_steps). Returns both paths."""
+    model's eval_steps). Returns both paths. With several task definitions: one adapter per definition,
+    `<saved_models>/<model_name>_adapter_<definition>/<v>/`, and the second value is {definition: path}."""
     serving_path = export_serving(model, saved_models, model_name, train_df=train_df)
     version = os.path.basename(serving_path)
-    adapter_path = export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter", version),
-                                  steps=model.eval_steps if steps is None else steps, aggregation=aggregation,
-                                  model_version=version)
-    return serving_path, adapter_path
+    steps = model.eval_steps if steps is None else steps
+    layout = definition_layout(model)
+    if layout is None:
+        return serving_path, export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter", version),
+                                            steps=steps, aggregation=aggregation, model_version=version)
+    return serving_path, {d: export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter_{d}", version),
+                                            steps=steps, aggregation=aggregation, model_version=version, definition=d)
+                          for d in layout}

@@ -9,6 +9,13 @@ refresh pipeline publishes a committed run with `publish(run_dir)`; serving read
 Keys with no row come back with found=False and the model's cold-start embedding (the row
 `__cold_start__`, the un-adapted meta block on all-missing features) so the array is always
 usable; callers that have a better fallback use `found`.
+
+Several task definitions: each definition's refresh run (its adapter's config names the definition)
+is published into the same feature view with keys "<definition>=<task key>" (`store_key`), and
+
+    get_definition_embeddings({definition: task_keys}) -> {definition: (embeddings [n, d_def], found [n])}
+
+fetches all of them, and each definition's cold-start row, in one online-store read.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from limaml_tf.artifacts import (COLD_START_KEY, EMBEDDINGS_DIR, atomic_write_text, read_embeddings,  # noqa: F401
-                                 read_run_summary, remove_stale, temp_prefix)
+                                 read_run_summary, remove_stale, store_key, temp_prefix)
 from limaml_tf.feature_repo.embeddings import ENTITY_KEY, FEATURE_VIEW, definitions
 
 STATE_FILE = "embedding_store.json"
@@ -96,6 +103,9 @@ class EmbeddingStore:
         dims = rows["embedding"].map(len).unique()
         if len(dims) != 1:
             raise ValueError(f"{run_dir!r} holds embeddings of sizes {sorted(dims)}: one run must have one size")
+        definition = summary.get("definition")
+        if definition is not None:
+            rows["task_key"] = [store_key(definition, k) for k in rows["task_key"]]
         self._apply(definitions(source))
         for start in range(0, len(rows), WRITE_CHUNK):
             chunk = rows.iloc[start:start + WRITE_CHUNK].copy()
@@ -103,6 +113,8 @@ class EmbeddingStore:
             self.feast.write_to_online_store(FEATURE_VIEW, chunk)
         state = {"embedding_dim": int(dims[0]), "model_version": summary["model_version"],
                  "as_of": summary["as_of"], "run_dir": os.path.abspath(run_dir), "rows": len(rows)}
+        if definition is not None:  # one entry per definition, beside the others'
+            state = {**self.state, "definitions": {**self.state.get("definitions", {}), definition: state}}
         atomic_write_text(os.path.join(self.root, STATE_FILE), json.dumps(state, indent=1))
         return len(rows)
 
@@ -134,14 +146,36 @@ class EmbeddingStore:
             entity_rows=[{ENTITY_KEY: str(k)} for k in task_keys])
         return pd.DataFrame(resp.to_dict())
 
+    def get_definition_embeddings(self, task_keys: dict) -> dict:
+        """{definition: task keys} -> {definition: (embeddings float32 [n, d_def], found bool [n])}, all read in
+        one online-store lookup; a key without a row gets its definition's cold-start row."""
+        published = self.state.get("definitions", {})
+        missing = [d for d in task_keys if d not in published]
+        if missing:
+            raise RuntimeError(f"embedding store {self.root!r} has no embeddings of the task definition(s) {missing}: "
+                               "run `limaml refresh` with each definition's adapter "
+                               "(saved_models/<name>_adapter_<def>)")
+        keys = {d: [str(k) for k in ks] for d, ks in task_keys.items()}
+        lookup = [store_key(d, k) for d, ks in keys.items() for k in ks + [COLD_START_KEY]]
+        values = self.online_rows(lookup)["embedding"].tolist()
+        out, start = {}, 0
+        for d, ks in keys.items():
+            dim = int(published[d]["embedding_dim"])
+            part, start = values[start:start + len(ks) + 1], start + len(ks) + 1
+            out[d] = _with_cold_start(part[:-1], part[-1], dim)
+        return out
+
     def get_embeddings(self, task_keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        keys = [str(k) for k in task_keys]
-        d = self.dim
-        rows = self.online_rows(keys + [COLD_START_KEY])
-        values = rows["embedding"].tolist()
-        found = np.array([v is not None and len(v) == d for v in values[:-1]], bool)
-        cold = np.asarray(values[-1], np.float32) if values[-1] is not None else np.zeros(d, np.float32)
-        out = np.tile(cold, (len(keys), 1))
-        if found.any():
-            out[found] = np.asarray([values[i] for i in np.flatnonzero(found)], np.float32)
-        return out, found
+        dim = self.dim  # an empty store says so before any lookup
+        rows = self.online_rows([str(k) for k in task_keys] + [COLD_START_KEY])["embedding"].tolist()
+        return _with_cold_start(rows[:-1], rows[-1], dim)
+
+
+def _with_cold_start(values: list, cold, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [n, dim], found [n]) of looked-up rows (None: no row), the cold-start row where missing."""
+    found = np.array([v is not None and len(v) == dim for v in values], bool)
+    cold = np.asarray(cold, np.float32) if cold is not None else np.zeros(dim, np.float32)
+    out = np.tile(cold, (len(values), 1))
+    if found.any():
+        out[found] = np.asarray([values[i] for i in np.flatnonzero(found)], np.float32)
+    return out, found

@@ -12,7 +12,8 @@ Vocabulary:
   task     per-task side inputs of the vectorized loop: `id` (the task key encoded by the meta
            block's `task_feature`, 0 when the block has none) and `seed` (int64 [2], see `task_seeds`).
   encoded  an encoded task bundle (`LiMAMLModel.encode_bundle`): support / query feature dicts
-           [T, S, ...], `<set>_label`, `<set>_mask` [T, S], `task_id` [T], `task_seed` [T, 2].
+           [T, S, ...], `<set>_label`, `<set>_mask` [T, S], `task_id` [T], `task_seed` [T, 2]; with
+           several task definitions also the `subtask_*` arrays of `limaml_tf.tasks` (module docstring).
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def _unadapted_loss(net, weights, support, query, task, forward_pass, training):
 
 
 def meta_embeddings(net: Network, weights: Weights, support, latest, task_id, steps: int, learning_rate,
-                    aggregation: str = "latest"):
+                    aggregation: str = "latest", definition: str | None = None):
     """Algorithm 2b: per task, adapt the meta block on its recent samples `support` = (encoded features
     [T, S, ...], labels [T, S], mask [T, S]) with `steps` SGD steps, then embed. Returns [T, d].
 
@@ -235,12 +236,19 @@ def meta_embeddings(net: Network, weights: Weights, support, latest, task_id, st
 
     def one_task(elems):
         s_x, s_y, s_m, last, task = elems
-        params = adapt(net, weights, (s_x, s_y, s_m), task, steps, learning_rate, True, False)
-        meta_p, _ = split_params(net, params, weights)
-        last_emb = embed(net, meta_p, tf.nest.map_structure(lambda a: a[None], last), task["seed"], False)[0]
+        if definition is None:
+            params = adapt(net, weights, (s_x, s_y, s_m), task, steps, learning_rate, True, False)
+            meta_p, _ = split_params(net, params, weights)
+            embed_fn = lambda p, x, seed, training: embed(net, p, x, seed, training)  # noqa: E731
+        else:
+            meta_p = adapt_definition(net, weights, definition, (s_x, s_y, s_m), task["seed"], steps, learning_rate,
+                                      True, False)
+            block = net.meta_block.blocks[definition]
+            embed_fn = lambda p, x, seed, training: call_block(block, p, x, seed, training)  # noqa: E731
+        last_emb = embed_fn(meta_p, tf.nest.map_structure(lambda a: a[None], last), task["seed"], False)[0]
         if aggregation == "latest":
             return last_emb
-        embs = embed(net, meta_p, s_x, task["seed"], False)
+        embs = embed_fn(meta_p, s_x, task["seed"], False)
         return tf.where(tf.reduce_sum(s_m) > 0, pool(embs, s_m, last_emb, aggregation), last_emb)
 
     features = with_global_features_part(net, weights, features)
@@ -259,3 +267,109 @@ def pool(embs, mask, latest_emb, aggregation: str):
     cos = tf.reduce_sum(tf.math.l2_normalize(embs, -1) * tf.math.l2_normalize(latest_emb, -1), -1)
     w = tf.maximum(cos, 0.0) * m[:, 0]
     return tf.reduce_sum(embs * w[:, None], 0) / tf.maximum(tf.reduce_sum(w), 1e-12)
+
+
+# -- several task definitions (limaml_tf.definitions.MetaBlocks) --------------------------------------
+
+def definition_logits(net: Network, weights: Weights, meta_by_definition: dict, features, seed, forward_pass,
+                      training):
+    """Logits [N]: the global block on `features` and every definition's meta embedding (its block under
+    `meta_by_definition[d]`), concatenated in sorted definition order."""
+    seed = _pass_seed({"seed": seed}, forward_pass)
+    blocks = net.meta_block
+    emb = tf.concat([call_block(blocks.blocks[d], meta_by_definition[d], features, seed, training)
+                     for d in blocks.names], -1)
+    logits = call_block(net.global_block, weights.global_, {**features, "meta_embedding": emb}, seed, training)
+    return tf.reshape(logits, [-1])
+
+
+def adapt_definition(net: Network, weights: Weights, definition: str, support, seed, steps: int, learning_rate,
+                     first_order: bool, training: bool) -> list:
+    """One task of `definition`: `steps` SGD steps of that definition's meta block on the task's support
+    loss of the whole network, the other definitions' blocks and the global block held as they are.
+    Returns the block's adapted weights. The refresh (Algorithm 2b) adapts the same way."""
+    features, labels, mask = support
+    meta = net.meta_block.split(weights.meta)
+    params = meta[definition]
+    rates = ([learning_rate] * len(params) if not weights.inner_rates
+             else net.meta_block.split(weights.inner_rates)[definition])
+    for step in range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            logits = definition_logits(net, weights, {**meta, definition: params}, features, seed, step, training)
+            loss = task_loss(net, labels, logits, mask)
+        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
+                 for g, p in zip(tape.gradient(loss, params), params)]
+        if first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        params = [p - tf.cast(r, p.dtype) * tf.cast(g, p.dtype) for p, r, g in zip(params, rates, grads)]
+    return params
+
+
+def _subtasks(encoded, definition: str):
+    """(support index [T, M, R], support mask [T, M, R], query index [T, Q]) of `definition`'s tasks in the
+    bundle; the primary definition (no `subtask_*` arrays) has one sub-task per task: the task itself."""
+    if definition in encoded.get("subtask_query_index", {}):
+        return (encoded["subtask_support_index"][definition], encoded["subtask_support_mask"][definition],
+                encoded["subtask_query_index"][definition])
+    s_m, q_m = encoded["support_mask"], encoded["query_mask"]
+    t, s = tf.shape(s_m)[0], tf.shape(s_m)[1]
+    index = tf.broadcast_to(tf.range(s)[None, None, :], tf.stack([t, 1, s]))
+    return index, tf.ones_like(s_m)[:, None, :], tf.zeros(tf.shape(q_m), tf.int32)
+
+
+def _flatten2(a):
+    """[T, M, ...] -> [T * M, ...]."""
+    return tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))
+
+
+def adapt_and_score_definitions(net: Network, weights: Weights, encoded, steps: int, learning_rate, training=False,
+                                first_order=False, unadapted_loss=False, fallback_to_while_loop=False) -> dict:
+    """`adapt_and_score` with several task definitions (`MetaBlocks`).
+
+    Per definition d, every task of d in the bundle (one per primary task for the primary definition; the
+    sub-tasks of the others) adapts d's block on its own support set (`adapt_definition`), vectorized over
+    the [T * M] (task, sub-task) pairs; its adapted block embeds the primary task's query samples. Each
+    query sample then reads, per definition, the embedding of its own task of that definition, and the
+    global block scores it on their concatenation. Returns what `adapt_and_score` does."""
+    support = _set(net, weights, encoded, "support")
+    q_x, q_y, q_m = _set(net, weights, encoded, "query")
+    seeds = encoded["task_seed"]
+    per_definition = []
+    for i, d in enumerate(net.meta_block.names):
+        index, sub_mask, q_index = _subtasks(encoded, d)
+        m = tf.shape(index)[1]
+        gather = lambda a: _flatten2(tf.gather(a, index, batch_dims=1))  # noqa: E731  [T, S, ...] -> [T*M, R, ...]
+        sub_support = (tf.nest.map_structure(gather, support[0]), gather(support[1]),
+                       gather(support[2]) * _flatten2(tf.cast(sub_mask, support[2].dtype)))
+        repeat = lambda a: _flatten2(tf.repeat(a[:, None], m, axis=1))  # noqa: E731  [T, ...] -> [T*M, ...]
+        sub_query = tf.nest.map_structure(repeat, q_x)
+        # distinct random streams per (task, definition, sub-task); the primary's are the task's own
+        primary = d not in encoded.get("subtask_query_index", {})
+        offset = tf.zeros([m], tf.int64) if primary else tf.cast(i * 4096 + 1 + tf.range(m), tf.int64) * (1 << 32)
+        sub_seeds = _flatten2(seeds[:, None, :] + tf.stack([tf.zeros_like(offset), offset], 1)[None])
+        block = net.meta_block.blocks[d]
+
+        def one_subtask(elems, d=d, block=block):
+            sup, query_x, seed = elems
+            params = adapt_definition(net, weights, d, sup, seed, steps, learning_rate, first_order, training)
+            return call_block(block, params, query_x, _pass_seed({"seed": seed}, steps), training)
+
+        emb = vectorized(one_subtask, (sub_support, sub_query, sub_seeds), fallback_to_while_loop)  # [T*M, Q, d]
+        emb = tf.reshape(emb, tf.stack([tf.shape(q_m)[0], m, tf.shape(q_m)[1], tf.shape(emb)[-1]]))
+        emb = tf.transpose(emb, [0, 2, 1, 3])  # [T, Q, M, d]
+        per_definition.append(tf.gather(emb, q_index[..., None], batch_dims=2)[:, :, 0])  # [T, Q, d]
+    embeddings = tf.concat(per_definition, -1)
+
+    def score(elems):
+        query_x, emb, y, mask, seed, sup = elems
+        logits = call_block(net.global_block, weights.global_, {**query_x, "meta_embedding": emb},
+                            _pass_seed({"seed": seed}, steps), training)
+        logits = tf.reshape(logits, [-1])
+        out = {"query_loss": task_loss(net, y, logits, mask), "query_logits": logits}
+        if unadapted_loss:
+            task = {"id": tf.zeros([], tf.int32), "seed": seed}
+            out["unadapted_loss"] = _unadapted_loss(net, weights, sup, (query_x, y, mask), task, steps + 1, training)
+        return out
+
+    return vectorized(score, (q_x, embeddings, q_y, q_m, seeds, support), fallback_to_while_loop)

@@ -23,6 +23,7 @@ import tensorflow as tf
 import limaml_tf
 from limaml_tf import distribute, maml, memory
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
+from limaml_tf.definitions import MetaBlocks, is_multi
 from limaml_tf.features import FeatureEncoder, FeatureSpec
 from limaml_tf.tasks import SETS, check_saved_version, non_negative_int, non_negative_number
 
@@ -53,7 +54,10 @@ class LiMAMLModel(keras.Model):
 
     Args:
       meta_block: Keras layer/model, encoded features -> meta embedding [batch, d]; or a
-        `TaskParameterizedMetaBlock` that adapts a small per-task tensor (e.g. an ID embedding row).
+        `TaskParameterizedMetaBlock` that adapts a small per-task tensor (e.g. an ID embedding row); or a
+        dict {task definition: meta block} over definitions of `spec.task_keys` (each adapts on its own
+        tasks; the global block reads their embeddings concatenated in sorted definition order —
+        `limaml_tf.definitions`, docs/task_definitions.md).
       global_block: Keras layer/model, encoded features + "meta_embedding" -> logits.
       spec: the FeatureSpec of the data (raw inputs are encoded inside the model).
       inner_steps: n, SGD steps per task in the inner loop.
@@ -99,6 +103,17 @@ class LiMAMLModel(keras.Model):
                  learn_inner_learning_rate: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.from_dict(spec)
+        if isinstance(meta_block, dict):
+            meta_block = MetaBlocks(meta_block, name="meta_blocks")
+        if is_multi(meta_block):
+            unknown = sorted(set(meta_block.names) - set(self.spec.definitions))
+            if unknown:
+                raise ValueError(f"meta_block definitions {unknown} are not task definitions of the spec "
+                                 f"{list(self.spec.definitions)}: add them to the spec's task_keys "
+                                 "({definition: task-key column})")
+            if adapt_global_block:
+                raise ValueError("adapt_global_block=True with several task definitions: which tasks would adapt "
+                                 "the global block is undefined; use one meta block, or adapt_global_block=False")
         self.meta_block, self.global_block = meta_block, global_block
         check_no_batchnorm(meta_block, "meta block")
         if adapt_global_block:
@@ -182,6 +197,8 @@ class LiMAMLModel(keras.Model):
             out[name] = self.encode_samples(bundle[name], tf.shape(mask)[:2])
             out[f"{name}_mask"] = tf.cast(mask, dtype)
             out[f"{name}_label"] = tf.cast(bundle[f"{name}_label"], dtype)
+        if is_multi(self.meta_block):
+            out.update(self._encode_subtasks(bundle))
         t = tf.shape(out["query_mask"])[0]
         out["task_id"] = self._task_ids(bundle.get("task_key"), t)
         replica, replicas = distribute.replica_id_and_count()
@@ -189,6 +206,21 @@ class LiMAMLModel(keras.Model):
         stride = (self.inner_steps + 2) * maml.DRAWS_PER_PASS  # more than the forward passes of one step
         out["task_seed"] = seeds + tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64) * stride])
         return out
+
+    def _encode_subtasks(self, bundle):
+        """The `subtask_*` index / mask arrays of the definitions this model's meta blocks read (not the
+        primary's: its tasks are the bundle's). See `limaml_tf.tasks`."""
+        others = [d for d in self.meta_block.names if d != self.spec.primary_definition]
+        out = {"subtask_support_index": {}, "subtask_support_mask": {}, "subtask_query_index": {}}
+        for d in others:
+            if d not in bundle.get("subtask_query_index", {}):
+                raise ValueError(f"the task bundle lacks the sub-tasks of definition {d!r} (subtask_query_index"
+                                 f"[{d!r}]): build it with split_tasks / paired_tasks from a spec whose task_keys "
+                                 f"include {d!r}")
+            out["subtask_support_index"][d] = tf.cast(bundle["subtask_support_index"][d], tf.int32)
+            out["subtask_support_mask"][d] = tf.cast(bundle["subtask_support_mask"][d], self.variable_dtype)
+            out["subtask_query_index"][d] = tf.cast(bundle["subtask_query_index"][d], tf.int32)
+        return out if others else {}
 
     def encode_samples(self, raw, lead_shape):
         """Encodes raw features with leading dims `lead_shape` (e.g. [T, S]), keeping those dims."""
@@ -200,27 +232,48 @@ class LiMAMLModel(keras.Model):
     def _scores(self, encoded, steps, learning_rate, training, unadapted_loss=False):
         fallback = bool(training) and any(maml.is_seed_state(v) for v in self.meta_block.non_trainable_variables
                                           + self.global_block.non_trainable_variables)
-        return maml.adapt_and_score(self.network, self._weights(), encoded, steps, learning_rate, training,
-                                    self.first_order, unadapted_loss, fallback)
+        return self._adapt_and_score(encoded, steps, learning_rate, training, unadapted_loss, fallback)
+
+    def _adapt_and_score(self, encoded, steps, learning_rate, training, unadapted_loss, fallback):
+        score = maml.adapt_and_score_definitions if is_multi(self.meta_block) else maml.adapt_and_score
+        return score(self.network, self._weights(), encoded, steps, learning_rate, training, self.first_order,
+                     unadapted_loss, fallback)
 
     def adapt_and_score(self, encoded, steps: int, learning_rate, training=False, fallback_to_while_loop=None):
         """(per-task query loss [T], query logits [T, Q]) after `steps` SGD steps per task on its support set."""
         if fallback_to_while_loop is None:
             out = self._scores(encoded, steps, learning_rate, training)
         else:
-            out = maml.adapt_and_score(self.network, self._weights(), encoded, steps, learning_rate, training,
-                                       self.first_order, False, fallback_to_while_loop)
+            out = self._adapt_and_score(encoded, steps, learning_rate, training, False, fallback_to_while_loop)
         return out["query_loss"], out["query_logits"]
 
     def meta_embeddings(self, support, support_label, support_mask, latest, steps: int, learning_rate,
-                        aggregation: str = "latest", task_key=None):
+                        aggregation: str = "latest", task_key=None, definition: str | None = None):
         """Algorithm 2b on encoded recent samples (see `maml.meta_embeddings`); `task_key` [T] is needed
-        by a `TaskParameterizedMetaBlock`. Returns [T, d]."""
+        by a `TaskParameterizedMetaBlock`; `definition` (several task definitions: required) names the
+        definition whose tasks these are. Returns [T, d] (d of that definition)."""
+        self._check_definition(definition)
         dtype = self.variable_dtype
         task_id = self._task_ids(task_key, tf.shape(support_mask)[0])
         return maml.meta_embeddings(self.network, self._weights(),
                                     (support, tf.cast(support_label, dtype), tf.cast(support_mask, dtype)),
-                                    latest, task_id, steps, learning_rate, aggregation)
+                                    latest, task_id, steps, learning_rate, aggregation, definition)
+
+    def _check_definition(self, definition):
+        names = self.meta_block.names if is_multi(self.meta_block) else []
+        if names and definition not in names:
+            raise ValueError(f"definition={definition!r}: this model has meta blocks for the task definitions "
+                             f"{names}; name one of them")
+        if not names and definition is not None:
+            raise ValueError(f"definition={definition!r}: this model has one meta block; pass definition=None")
+
+    def embed_definition(self, encoded, definition: str | None = None, training=False):
+        """The un-adapted meta embedding of one definition (the cold start of its tasks); None: all of them."""
+        if definition is None:
+            return self.embed(encoded, training)
+        self._check_definition(definition)
+        block = self.meta_block.blocks[definition]
+        return MetaBlocks._call(block, encoded, training)
 
     # -- training ----------------------------------------------------------------
     def _hide_supports(self, encoded):

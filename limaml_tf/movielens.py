@@ -261,15 +261,23 @@ def movielens_spec(train_df: pd.DataFrame, user_id_feature: bool = True, sequenc
              Feature("genre_affinity", "numeric"),
              Feature("day_of_week", "categorical", vocabulary=tuple(str(d) for d in range(7))),
              Feature("hour", "numeric")]
-    return FeatureSpec(task_key="task", timestamp="timestamp", label="label",
-                       meta_features=tuple(meta), other_features=tuple(other)).fit(train_df)
+    # a frame of load_tasks_frame(genre_tasks=True) adds the task definition user x main genre
+    task_keys = {"user": "task", "user_x_genre": "task_genre"} if "task_genre" in train_df.columns else ()
+    return FeatureSpec(task_key="task", timestamp="timestamp", label="label", meta_features=tuple(meta),
+                       other_features=tuple(other), task_keys=task_keys).fit(train_df)
 
 
 def mlp_meta_features(spec: FeatureSpec) -> tuple[Feature, ...]:
     return tuple(f for f in spec.meta_features if f.name != "user_id" and f.name not in SEQUENCE_FEATURES)
 
 
-def load_tasks_frame(name: str = "ml-100k", path: str | None = None) -> pd.DataFrame:
-    """`interactions` of a release, with the task key column `task` (= user id)."""
+def load_tasks_frame(name: str = "ml-100k", path: str | None = None, genre_tasks: bool = False) -> pd.DataFrame:
+    """`interactions` of a release, with the task key column `task` (= user id). `genre_tasks`: also
+    `main_genre` (the movie's first listed genre) and the key column `task_genre` (user | main genre)
+    of the second task definition "user_x_genre" (`movielens_spec` then declares both)."""
     df = interactions(*load_movielens(name, path))
-    return df.assign(task=df["user_id"].astype(str))
+    df = df.assign(task=df["user_id"].astype(str))
+    if genre_tasks:
+        main = df["genres"].astype(str).str.split("|").str[0].replace("", "unknown")
+        df = df.assign(main_genre=main, task_genre=df["task"] + "|" + main)
+    return df

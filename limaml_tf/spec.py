@@ -111,13 +111,21 @@ class Feature:
         return d
 
 
+SINGLE_DEFINITION = "task"  # the name of the one task definition of a spec without `task_keys`
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
+    """`task_keys` (optional): several task definitions, {definition name: task-key column}, e.g.
+    {"user": "user_id", "user_x_genre": "user_genre"}; `task_key` is the primary one's column (the
+    tasks that drive a training bundle), every other column must refine it (each of its keys belongs
+    to one primary task). See docs/task_definitions.md."""
     task_key: str
     timestamp: str
     label: str
     meta_features: tuple[Feature, ...]
     other_features: tuple[Feature, ...]
+    task_keys: tuple[tuple[str, str], ...] = ()  # (definition, column) pairs, sorted; () = one definition
 
     def __post_init__(self):
         object.__setattr__(self, "meta_features", tuple(self.meta_features))
@@ -126,10 +134,48 @@ class FeatureSpec:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise FeatureError(f"feature names appear twice in the spec: {sorted(dup)}")
-        reserved = {self.task_key, self.timestamp, self.label, "meta_embedding"}
+        self._check_task_keys()
+        reserved = {*self.task_key_columns, self.timestamp, self.label, "meta_embedding"}
         clash = reserved.intersection(names)
         if clash:
-            raise FeatureError(f"features {sorted(clash)} clash with task_key/timestamp/label/meta_embedding")
+            raise FeatureError(f"features {sorted(clash)} clash with task_key/task_keys/timestamp/label/meta_embedding")
+
+    def _check_task_keys(self):
+        pairs = dict(self.task_keys) if self.task_keys else {}
+        if not isinstance(pairs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()):
+            raise FeatureError(f"task_keys must map definition names to column names, got {self.task_keys!r}")
+        object.__setattr__(self, "task_keys", tuple(sorted(pairs.items())))
+        if not pairs:
+            return
+        bad = [d for d in pairs if not d.replace("_", "").isalnum()]
+        if bad:
+            raise FeatureError(f"task_keys: definition names {bad} must be letters, digits and '_': rename them")
+        if self.task_key not in pairs.values():
+            raise FeatureError(f"task_keys {pairs} lack the primary task key column {self.task_key!r}: add it under "
+                               "a definition name, e.g. {'user': " + repr(self.task_key) + ", ...}")
+        if len(set(pairs.values())) != len(pairs):
+            raise FeatureError(f"task_keys {pairs}: two definitions share a column: give each its own column")
+
+    @property
+    def definitions(self) -> dict[str, str]:
+        """{definition: task-key column}, sorted by name (the order of the meta embeddings);
+        {"task": task_key} for a spec with one definition."""
+        return dict(self.task_keys) if self.task_keys else {SINGLE_DEFINITION: self.task_key}
+
+    @property
+    def primary_definition(self) -> str:
+        return next(d for d, c in self.definitions.items() if c == self.task_key)
+
+    @property
+    def task_key_columns(self) -> list[str]:
+        return list(self.definitions.values())
+
+    def for_definition(self, definition: str) -> "FeatureSpec":
+        """This spec with `definition` as the primary one (its column as `task_key`): what the refresh of
+        that definition's embeddings groups by."""
+        if definition not in self.definitions:
+            raise FeatureError(f"unknown task definition {definition!r}: the spec has {list(self.definitions)}")
+        return dataclasses.replace(self, task_key=self.definitions[definition])
 
     @property
     def features(self) -> tuple[Feature, ...]:
@@ -157,6 +203,7 @@ class FeatureSpec:
             "label": self.label,
             "meta_features": [f.to_dict() for f in self.meta_features],
             "other_features": [f.to_dict() for f in self.other_features],
+            **({"task_keys": dict(self.task_keys)} if self.task_keys else {}),  # absent: one definition
         }
 
     @classmethod
@@ -177,7 +224,8 @@ class FeatureSpec:
         missing = [k for k in keys if k not in d] if isinstance(d, dict) else list(keys)
         if missing:
             raise FeatureError(f"feature spec lacks {missing}: write it with FeatureSpec.to_json() (keys {list(keys)})")
-        return cls(d["task_key"], d["timestamp"], d["label"], feats(d["meta_features"]), feats(d["other_features"]))
+        return cls(d["task_key"], d["timestamp"], d["label"], feats(d["meta_features"]), feats(d["other_features"]),
+                   d.get("task_keys") or ())
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -214,18 +262,20 @@ class FeatureSpec:
 
     def validate(self, df: pd.DataFrame, require_label: bool = True) -> None:
         """Raises FeatureError naming the column and the fix for anything the pipeline cannot use."""
-        required = [self.task_key, self.timestamp] + ([self.label] if require_label else [])
+        required = [*self.task_key_columns, self.timestamp] + ([self.label] if require_label else [])
         required += [f.name for f in self.features]
         missing = [c for c in required if c not in df.columns]
         if missing:
             raise FeatureError(f"missing column(s) {missing}: add them to the data or remove them from the spec")
-        try:
-            keys = pd.Series(df[self.task_key].unique())  # each distinct key once
-        except TypeError:  # unhashable: lists, dicts
-            raise FeatureError(f"column {self.task_key!r} (task key) holds lists or other non-scalar values: give "
-                               "one string or integer per row") from None
-        if keys.isna().any() or (keys.astype(str).str.strip() == "").any():
-            raise FeatureError(f"column {self.task_key!r} (task key) has missing or blank values: drop those rows")
+        for column in self.task_key_columns:
+            try:
+                keys = pd.Series(df[column].unique())  # each distinct key once
+            except TypeError:  # unhashable: lists, dicts
+                raise FeatureError(f"column {column!r} (task key) holds lists or other non-scalar values: give "
+                                   "one string or integer per row") from None
+            if keys.isna().any() or (keys.astype(str).str.strip() == "").any():
+                raise FeatureError(f"column {column!r} (task key) has missing or blank values: drop those rows")
+        self._check_refines(df)
         ts = df[self.timestamp]
         if pd.api.types.is_datetime64_any_dtype(ts):
             check_seconds(np.where(ts.isna(), np.nan, 0.0), f"column {self.timestamp!r} (timestamp)")
@@ -262,6 +312,19 @@ class FeatureSpec:
                     raise FeatureError(f"numeric feature {f.name!r} has NaN/inf values: fill or drop them")
         self._check_sequences(df)
         self._check_duplicates(df, required)
+
+    def _check_refines(self, df: pd.DataFrame) -> None:
+        """Every non-primary definition's key belongs to one primary task (a user x genre key to one user):
+        a training bundle forms those tasks from its primary task's samples."""
+        for definition, column in self.definitions.items():
+            if column == self.task_key:
+                continue
+            owners = df.groupby(df[column].astype(str), sort=False)[self.task_key].nunique()
+            if len(owners) and owners.max() > 1:
+                raise FeatureError(f"column {column!r} (task key of definition {definition!r}) must refine "
+                                   f"{self.task_key!r}: its value {owners.idxmax()!r} appears under "
+                                   f"{int(owners.max())} {self.task_key!r} values; include the {self.task_key!r} "
+                                   "value in each key (e.g. user + '|' + genre)")
 
     def _check_sequences(self, df: pd.DataFrame) -> None:
         """Sequence values are lists (most recent first) of at most max_len non-empty strings / finite

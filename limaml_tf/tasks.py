@@ -12,6 +12,21 @@ A *task bundle* is a dict of fixed-shape arrays for T tasks:
 Within a task, samples are in time order; padded slots repeat the task's last
 real sample (so every slot holds valid feature values) and carry mask 0.
 
+With several task definitions (`FeatureSpec.task_keys`, e.g. user and user x genre) the
+primary definition's tasks (spec.task_key) drive the bundle, and for every other
+definition d the bundle adds (keyed by d; M sub-task slots, R support slots per sub-task):
+
+  support_keys[d]           [T, S]     string, d's task key of each support slot (not fed to models)
+  query_keys[d]             [T, Q]     string, the same for the query slots
+  subtask_key[d]            [T, M]     string, the d-tasks of the task's query samples ("" = padding)
+  subtask_query_index[d]    [T, Q]     int32, each query slot's sub-task slot (0 for padding)
+  subtask_support_index[d]  [T, M, R]  int32, the task's support slots that form the sub-task's support set
+  subtask_support_mask[d]   [T, M, R]  float32, 1 = real
+
+A sub-task's support set is the primary task's support samples that share its key: all earlier
+than every query sample, as the primary task's. A query sample whose d-task has no support sample
+gets an empty support set (scored un-adapted: the cold start of that definition).
+
 No Keras: the Beam pipelines and the TFRecord reader import this module.
 """
 
@@ -28,6 +43,7 @@ from limaml_tf import __version__
 from limaml_tf.spec import ArtifactError, FeatureError, FeatureSpec
 
 SETS = ("support", "query")
+SUBTASK_ARRAYS = ("subtask_key", "subtask_query_index", "subtask_support_index", "subtask_support_mask")
 
 
 def positive_int(name: str, value, allow_none: bool = False):
@@ -127,7 +143,7 @@ class TaskSet:
                 repeat: bool = False) -> tf.data.Dataset:
         """tf.data pipeline of fixed-shape task batches; the last batch is padded with empty tasks."""
         tasks_per_batch = positive_int("tasks_per_batch", tasks_per_batch)
-        arrays = {k: v for k, v in self.arrays.items() if not k.endswith("_time")}
+        arrays = {k: v for k, v in self.arrays.items() if not k.endswith(("_time", "_keys"))}
         ds = tf.data.Dataset.from_tensor_slices(arrays)
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
@@ -194,7 +210,43 @@ def _pad_sets(spec: FeatureSpec, keys: np.ndarray, sets: dict[str, pd.DataFrame]
             arrays[f"{name}_label"] = gather(df[spec.label].to_numpy(np.float32), 0).astype(np.float32)
         arrays[f"{name}_mask"] = mask
         arrays[f"{name}_time"] = gather(df["_t"].to_numpy(np.float64), 0.0)
+        others = {d: c for d, c in spec.definitions.items() if c != spec.task_key}
+        if others:
+            arrays[f"{name}_keys"] = {d: gather(df[c].astype(str).to_numpy(dtype=object), "")
+                                      for d, c in others.items()}
+    for d in arrays.get("query_keys", {}):
+        sub = subtask_arrays(arrays["support_keys"][d], arrays["support_mask"], arrays["query_keys"][d],
+                             arrays["query_mask"])
+        for name, value in sub.items():
+            arrays.setdefault(name, {})[d] = value
     return TaskSet(spec, arrays)
+
+
+def subtask_arrays(support_keys, support_mask, query_keys, query_mask) -> dict:
+    """One definition's sub-tasks of a bundle (module docstring) from each slot's key of that definition:
+    the distinct keys of a task's real query samples (in order of first appearance) and, per key, the
+    task's real support slots with that key."""
+    n_tasks = len(query_mask)
+    t_q, slot_q = np.nonzero(query_mask > 0)
+    q = pd.DataFrame({"t": t_q, "slot": slot_q, "key": query_keys[t_q, slot_q]})
+    subtasks = q.drop_duplicates(["t", "key"])[["t", "key"]]
+    subtasks = subtasks.assign(m=subtasks.groupby("t").cumcount().to_numpy())
+    q = q.merge(subtasks, on=["t", "key"], how="left")
+    t_s, slot_s = np.nonzero(support_mask > 0)
+    s = pd.DataFrame({"t": t_s, "slot": slot_s, "key": support_keys[t_s, slot_s]}).merge(subtasks, on=["t", "key"])
+    s = s.assign(r=s.groupby(["t", "m"]).cumcount().to_numpy())
+    n_sub = max(int(subtasks["m"].max()) + 1 if len(subtasks) else 1, 1)
+    n_support = max(int(s["r"].max()) + 1 if len(s) else 1, 1)
+    key = np.full((n_tasks, n_sub), "", dtype=object)
+    key[subtasks["t"], subtasks["m"]] = subtasks["key"].to_numpy()
+    query_index = np.zeros(query_mask.shape, np.int32)
+    query_index[q["t"], q["slot"]] = q["m"].to_numpy()
+    support_index = np.zeros((n_tasks, n_sub, n_support), np.int32)
+    support_index[s["t"], s["m"], s["r"]] = s["slot"].to_numpy()
+    support_mask_out = np.zeros((n_tasks, n_sub, n_support), np.float32)
+    support_mask_out[s["t"], s["m"], s["r"]] = 1.0
+    return {"subtask_key": key, "subtask_query_index": query_index, "subtask_support_index": support_index,
+            "subtask_support_mask": support_mask_out}
 
 
 def recent_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int) -> TaskSet:

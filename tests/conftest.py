@@ -1,4 +1,11 @@
+import json
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -69,23 +76,32 @@ def float64():
 
 # -- tests/background_runs.py: the expensive end-to-end runs, beside the other tests -------------
 
-BACKGROUND = pytest.StashKey()
+BACKGROUND = pytest.StashKey()  # the runs' process, in the process that started it
+BACKGROUND_OWNER = pytest.StashKey()  # True in the process that made the shared directory
 CRASH_SEEDS = (11, 6, 3)  # kill points (writes of a run): 6 in the export, 19 in the refresh, 34 in the publish
 
 
-def start_background_runs() -> tuple:
-    """tests/background_runs.py as a background process: (process, its directory, its output file)."""
-    import subprocess
-    import sys
-    import tempfile
-
+def start_background_runs(top: str) -> subprocess.Popen:
+    """tests/background_runs.py as a background process writing into `top` (its output: driver.out,
+    its exit code: exit_code once it has ended)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    top = tempfile.mkdtemp(prefix="limaml-background-")
-    out = open(os.path.join(top, "driver.out"), "w")
     env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.background_runs", top, *map(str, CRASH_SEEDS)],
-                            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, top, out
+    seeds = " ".join(map(str, CRASH_SEEDS))
+    script = f'"$0" -m tests.background_runs "$1" {seeds} > "$1/driver.out" 2>&1; echo $? > "$1/exit.tmp"; mv "$1/exit.tmp" "$1/exit_code"'
+    return subprocess.Popen(["bash", "-c", script, sys.executable, top], cwd=root, env=env, start_new_session=True)
+
+
+def _background_dir(config) -> str:
+    """One directory per test session, shared by pytest-xdist's workers (set by the controller)."""
+    if "LIMAML_BACKGROUND_DIR" not in os.environ:
+        os.environ["LIMAML_BACKGROUND_DIR"] = tempfile.mkdtemp(prefix="limaml-background-")
+        config.stash[BACKGROUND_OWNER] = True
+    return os.environ["LIMAML_BACKGROUND_DIR"]
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist): workers inherit it
+        _background_dir(config)
 
 
 def pytest_addoption(parser):
@@ -105,31 +121,67 @@ def pytest_collection_modifyitems(session, config, items):
     waiting = [item for item in items if "background_runs" in getattr(item, "fixturenames", ())]
     if waiting:
         items[:] = [item for item in items if item not in waiting] + waiting
-        config.stash[BACKGROUND] = start_background_runs()
+        top = _background_dir(config)
+        try:  # the first process of the session to get here starts the runs (xdist: one worker)
+            os.mkdir(os.path.join(top, "started"))
+        except FileExistsError:
+            return
+        config.stash[BACKGROUND] = start_background_runs(top)
 
 
 def pytest_sessionfinish(session):
-    proc, top, out = session.config.stash.get(BACKGROUND, (None, None, None))
-    if proc is not None:
-        if proc.poll() is None:
-            proc.kill()  # the session ended before a test waited for it
+    proc = session.config.stash.get(BACKGROUND, None)
+    if proc is not None and proc.poll() is None:
+        other_readers = hasattr(session.config, "workerinput") and not (session.shouldfail or session.shouldstop)
+        try:  # an xdist worker started them: the other worker may still read the results
+            proc.wait(timeout=1800 if other_readers else 0)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # bash, the driver and its runs
             proc.wait()
-        out.close()
-        import shutil
-        shutil.rmtree(top, ignore_errors=True)
+    if session.config.stash.get(BACKGROUND_OWNER, False):
+        shutil.rmtree(os.environ.pop("LIMAML_BACKGROUND_DIR"), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def background_runs(request):
     """(directory, results.json, output) of tests/background_runs.py, once it has finished."""
-    import json
-    import pathlib
+    top = pathlib.Path(_background_dir(request.config))
+    if not (top / "started").exists():  # selected after collection (e.g. by -k): start them now
+        (top / "started").mkdir()
+        request.config.stash[BACKGROUND] = start_background_runs(str(top))
+    deadline = time.monotonic() + 1800
+    while not (top / "exit_code").exists():  # the runs may belong to another xdist worker
+        assert time.monotonic() < deadline, "tests/background_runs.py did not finish in 30 minutes"
+        time.sleep(1)
+    output = (top / "driver.out").read_text()
+    assert (top / "exit_code").read_text().strip() == "0", output[-3000:]
+    return top, json.loads((top / "results.json").read_text()), output
 
-    proc, top, out = request.config.stash.get(BACKGROUND, (None, None, None))
-    if proc is None:
-        proc, top, out = request.config.stash[BACKGROUND] = start_background_runs()
-    code = proc.wait(timeout=1800)
-    out.flush()
-    output = (pathlib.Path(top) / "driver.out").read_text()
-    assert code == 0, output[-3000:]
-    return pathlib.Path(top), json.loads((pathlib.Path(top) / "results.json").read_text()), output
+
+# -- LIMAML_TEST_CPU=1: CPU seconds per test (this process + reaped children), robust on a busy machine --
+
+def _cpu_seconds() -> float:
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not os.environ.get("LIMAML_TEST_CPU"):
+        yield
+        return
+    start = _cpu_seconds()
+    yield
+    item.config.stash.setdefault(CPU_SECONDS, {})[item.nodeid] = _cpu_seconds() - start
+
+
+CPU_SECONDS = pytest.StashKey()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    used = config.stash.get(CPU_SECONDS, None)
+    if used:
+        terminalreporter.write_line(f"CPU seconds, {sum(used.values()):.0f} in all; the 30 largest:")
+        for nodeid, seconds in sorted(used.items(), key=lambda kv: -kv[1])[:30]:
+            terminalreporter.write_line(f"{seconds:8.1f}  {nodeid}")

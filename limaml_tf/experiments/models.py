@@ -15,6 +15,9 @@ the history features: the control where adaptation is the only way to use the su
 ``item_aware=True`` (the MLP meta block also reads the candidate item's features, so an adapted meta
 block can re-rank items, not only shift the user's bias), ``dot=True`` (the global block adds a factorized
 user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`),
+``definitions=("user", "user_x_genre")`` (LiMAML with one MLP meta block per task definition — the
+user and the user x the movie's main genre; the data then carries both task keys,
+docs/task_definitions.md),
 ``meta_block="transformer"`` (the meta block is a `TransformerMetaBlock` over the user's previous ratings —
 the split then carries the sequence features, `Config.sequence_len` long — plus the MLP meta block's
 features; ``seq_dim`` / ``seq_heads`` / ``seq_layers`` size it), ``warm_start=E`` (handled by the runner: the
@@ -43,7 +46,7 @@ from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
 BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware",
-                 "dot", "meta_block", "seq_dim", "seq_heads", "seq_layers")
+                 "dot", "definitions", "meta_block", "seq_dim", "seq_heads", "seq_layers")
 META_BLOCKS = ("mlp", "transformer")
 ITEM_FEATURES = ("movie_id", "genres", "release_year", "genre_affinity")  # what `item_aware` adds
 ITEM_TOWER_FEATURES = ("movie_id", "genres", "release_year")  # what `dot`'s item tower reads
@@ -232,6 +235,17 @@ def build(kind: str, spec, cfg, **options):
         meta = DropoutMLPMetaBlock(meta_features, dropout=dropout, output_dim=meta_dim, hidden_units=meta_hidden)
     else:
         meta = MLPMetaBlock(meta_features, output_dim=meta_dim, hidden_units=meta_hidden)
+    definitions = options.pop("definitions", None)
+    if definitions:
+        if kind != "limaml":
+            raise ValueError(f"definitions={definitions!r} is an option of kind 'limaml' only, not {kind!r}")
+        if meta_kind != "mlp":
+            raise ValueError(f"definitions={definitions!r} builds one MLP meta block per definition: drop "
+                             f"meta_block={meta_kind!r}")
+        genres = (spec.feature("genres"),) if "genres" not in {f.name for f in meta_features} else ()
+        meta = {d: MLPMetaBlock(meta_features + (genres if d != "user" else ()), output_dim=meta_dim,
+                                hidden_units=meta_hidden, name=f"meta_{d}")  # user x genre: + the genres
+                for d in definitions}
     if options.pop("dot", False):
         items = tuple(f for f in spec.other_features if f.name in ITEM_TOWER_FEATURES)
         glob = DotMLPGlobalBlock(global_features, items, item_dim=meta_dim, hidden_units=global_hidden,

@@ -90,7 +90,8 @@ class Config:
 def load_frame(cfg: Config) -> pd.DataFrame:
     from limaml_tf.movielens import load_tasks_frame
 
-    return load_tasks_frame(cfg.dataset, cfg.data_path)
+    genre_tasks = any("definitions" in v.kwargs for v in cfg.variant_list)  # a variant reads user x genre tasks
+    return load_tasks_frame(cfg.dataset, cfg.data_path, genre_tasks=genre_tasks)
 
 
 WARM_START_KIND = {"limaml": "vanilla", "maml": "vanilla", "limaml_id": "wd_id"}

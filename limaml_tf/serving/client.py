@@ -7,6 +7,14 @@ The embedding store is anything with
 
 (the Feast-backed store in `limaml_tf.feature_store`, or `InMemoryEmbeddingStore`). A key the store
 has no row for gets the cold-start embedding shipped with the model (serving metadata).
+
+A model with several task definitions (serving metadata "definitions") takes task keys per definition,
+`predict(features, {"user": [...], "user_x_genre": [...]})`, fetched in one store lookup with
+
+    get_definition_embeddings({definition: task_keys}) -> {definition: (embeddings [n, d_def], found [n])}
+
+each definition's missing keys get that definition's slice of the cold-start embedding, and the
+request's `meta_embedding` is their concatenation in sorted definition order.
 No Keras and no model code: the client reads the export's spec and metadata (`limaml_tf.artifacts`).
 """
 
@@ -20,7 +28,7 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from limaml_tf.artifacts import EMBEDDING_INPUT, OUTPUT, SERVING_SIGNATURE, read_serving_metadata
+from limaml_tf.artifacts import EMBEDDING_INPUT, OUTPUT, SERVING_SIGNATURE, read_serving_metadata, store_key
 from limaml_tf.spec import FeatureError, FeatureSpec, multi_values_to_array, numeric_sequence_to_array
 
 
@@ -33,31 +41,40 @@ class EmbeddingLookup(Protocol):
 
 
 class InMemoryEmbeddingStore:
-    """Dict-backed embedding store (tests, demos): same contract as the Feast-backed store."""
+    """Dict-backed embedding store (tests, demos): same contract as the Feast-backed store.
+    `definitions` ({definition: size}): a store of several task definitions' embeddings (`put(...,
+    definition=d)`, `get_definition_embeddings`)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, definitions: dict | None = None):
         self.dim = int(dim)
+        self.definitions = {d: int(n) for d, n in (definitions or {}).items()}
         self._rows: dict[str, np.ndarray] = {}
 
-    def put(self, task_keys, embeddings) -> None:
+    def put(self, task_keys, embeddings, definition: str | None = None) -> None:
+        if definition is not None and definition not in self.definitions:
+            raise ServingError(f"definition {definition!r} is not one of this store's {sorted(self.definitions)}")
+        dim = self.dim if definition is None else self.definitions[definition]
         embeddings = np.asarray(embeddings, np.float32).reshape(len(task_keys), -1)
-        if embeddings.shape[1] != self.dim:
-            raise ServingError(f"meta embeddings have size {embeddings.shape[1]}, this store holds size {self.dim}: "
+        if embeddings.shape[1] != dim:
+            raise ServingError(f"meta embeddings have size {embeddings.shape[1]}, this store holds size {dim}: "
                                "put the embeddings of the model this store serves (or make a store of that size)")
         bad = ~np.isfinite(embeddings).all(1)
         if bad.any():
             raise ServingError(f"meta embeddings of task keys {[str(k) for k, b in zip(task_keys, bad) if b][:5]} "
                                "have NaN/inf: recompute them (check the adapter's inputs) before storing")
-        self._rows.update({str(k): e.copy() for k, e in zip(task_keys, embeddings)})
+        self._rows.update({store_key(definition, k): e.copy() for k, e in zip(task_keys, embeddings)})
 
-    def get_embeddings(self, task_keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        out = np.zeros((len(task_keys), self.dim), np.float32)
+    def get_embeddings(self, task_keys: list[str], definition: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(task_keys), self.dim if definition is None else self.definitions[definition]), np.float32)
         found = np.zeros(len(task_keys), bool)
         for i, k in enumerate(task_keys):
-            row = self._rows.get(str(k))
+            row = self._rows.get(store_key(definition, k))
             if row is not None:
                 out[i], found[i] = row, True
         return out, found
+
+    def get_definition_embeddings(self, task_keys: dict) -> dict:
+        return {d: self.get_embeddings(list(keys), d) for d, keys in task_keys.items()}
 
 
 def _column(value) -> np.ndarray:
@@ -148,10 +165,12 @@ class ServingClient:
 
     def __init__(self, target: str, spec: FeatureSpec, embedding_dim: int, cold_start_embedding,
                  lookup: EmbeddingLookup, model_name: str = "limaml", version: int | str | None = None,
-                 signature_name: str = SERVING_SIGNATURE, timeout: float = 10.0):
+                 signature_name: str = SERVING_SIGNATURE, timeout: float = 10.0, definitions: dict | None = None):
         """`version`: a version number, a version label of models.config ("stable", "canary"), or None
-        (the latest served version)."""
+        (the latest served version). `definitions`: the serving metadata's layout of several task
+        definitions ({definition: {"embedding_dim", "offset", ...}}), None for one."""
         self.spec, self.dim, self.lookup = spec, int(embedding_dim), lookup
+        self.definitions = dict(sorted((definitions or {}).items()))
         self.cold_start = np.asarray(cold_start_embedding, np.float32).reshape(-1)
         if self.cold_start.shape != (self.dim,):
             raise ServingError(f"cold-start embedding has size {self.cold_start.size}, expected {self.dim}")
@@ -164,23 +183,58 @@ class ServingClient:
         """Client configured from a serving export's assets.extra (spec, embedding size, cold start)."""
         spec, meta = read_serving_metadata(export_dir)
         kwargs.setdefault("model_name", meta["model_name"])
+        kwargs.setdefault("definitions", meta.get("definitions"))
         return cls(target, spec, meta["embedding_dim"], meta["cold_start_embedding"], lookup, **kwargs)
 
+    def definition_embeddings(self, task_keys: dict) -> tuple[np.ndarray, dict]:
+        """Several task definitions: ({definition: keys} -> meta embeddings [n, d] (the definitions'
+        concatenated in sorted order), {definition: found [n]}), from one store lookup; a definition's
+        missing keys get its slice of the cold-start embedding."""
+        if not isinstance(task_keys, dict) or set(task_keys) != set(self.definitions):
+            got = sorted(task_keys) if isinstance(task_keys, dict) else type(task_keys).__name__
+            raise ServingError(f"model {self.model_name!r} reads the task definitions {list(self.definitions)}: send "
+                               f"task_keys as {{definition: keys}} for each of them (got {got})")
+        keys = {d: [str(k) for k in task_keys[d]] for d in self.definitions}
+        sizes = {d: len(k) for d, k in keys.items()}
+        if len(set(sizes.values())) != 1:
+            raise ServingError(f"task keys per definition have different lengths {sizes}: send one key per sample "
+                               "for each definition")
+        if not hasattr(self.lookup, "get_definition_embeddings"):
+            raise ServingError(f"embedding lookup {type(self.lookup).__name__} has no get_definition_embeddings: "
+                               "use limaml_tf.feature_store.EmbeddingStore or InMemoryEmbeddingStore(definitions=...)")
+        looked_up = self.lookup.get_definition_embeddings(keys)
+        parts, found = [], {}
+        for d, layout in self.definitions.items():
+            o, dim = int(layout["offset"]), int(layout["embedding_dim"])
+            emb, found[d] = self._checked(keys[d], *looked_up[d], dim, self.cold_start[o:o + dim],
+                                          f" of definition {d!r}")
+            parts.append(emb)
+        return np.concatenate(parts, 1), found
+
     def embeddings(self, task_keys) -> tuple[np.ndarray, np.ndarray]:
-        """(meta embeddings [n, d], found [n]) with the cold-start embedding for keys the store lacks."""
+        """(meta embeddings [n, d], found [n]) with the cold-start embedding for keys the store lacks.
+        Several task definitions: `definition_embeddings`."""
+        if self.definitions:
+            return self.definition_embeddings(task_keys)
+        if isinstance(task_keys, dict):
+            raise ServingError(f"model {self.model_name!r} has one task definition: send one task key per sample, "
+                               "not a dict")
         keys = [str(k) for k in task_keys]
         emb, found = self.lookup.get_embeddings(keys)
+        return self._checked(keys, emb, found, self.dim, self.cold_start, "")
+
+    def _checked(self, keys, emb, found, dim, cold_start, what):
         emb, found = np.asarray(emb), np.asarray(found)
         if emb.ndim != 2 or emb.shape[0] != len(keys) or found.shape != (len(keys),):
-            raise ServingError(f"embedding lookup returned shapes {emb.shape} / {found.shape} for {len(keys)} keys: "
-                               f"expected ({len(keys)}, {self.dim}) float32 and ({len(keys)},) bool")
-        if emb.shape[1] != self.dim:
-            raise ServingError(f"embedding lookup returned meta embeddings of size {emb.shape[1]}, model "
-                               f"{self.model_name!r} expects {self.dim}: the store holds another model's embeddings; "
+            raise ServingError(f"embedding lookup returned shapes {emb.shape} / {found.shape} for {len(keys)} keys"
+                               f"{what}: expected ({len(keys)}, {dim}) float32 and ({len(keys)},) bool")
+        if emb.shape[1] != dim:
+            raise ServingError(f"embedding lookup returned meta embeddings{what} of size {emb.shape[1]}, model "
+                               f"{self.model_name!r} expects {dim}: the store holds another model's embeddings; "
                                "refresh it with this model's adapter")
         if found.dtype != bool or emb.dtype.kind != "f":
             raise ServingError(f"embedding lookup returned dtypes {emb.dtype} / {found.dtype}: expected float32 / bool")
-        emb = np.where(found[:, None], emb.astype(np.float32), self.cold_start[None, :])
+        emb = np.where(found[:, None], emb.astype(np.float32), cold_start[None, :])
         if not np.isfinite(emb).all():
             raise ServingError("embedding lookup returned NaN/inf embeddings for keys "
                                f"{[k for k, ok in zip(keys, np.isfinite(emb).all(1)) if not ok][:5]}: recompute them")
@@ -189,9 +243,15 @@ class ServingClient:
     def build_request(self, features, task_keys) -> predict_pb2.PredictRequest:
         inputs = request_inputs(self.spec, features)
         n = len(next(iter(inputs.values())))
-        keys = [task_keys] if isinstance(task_keys, str) else list(task_keys)
-        if len(keys) != n:
-            raise ServingError(f"got {len(keys)} task keys for {n} samples: send one task key per sample")
+        if isinstance(task_keys, dict):
+            keys = {d: [k] if isinstance(k, str) else list(k) for d, k in task_keys.items()}
+            counts = {len(k) for k in keys.values()}
+        else:
+            keys = [task_keys] if isinstance(task_keys, str) else list(task_keys)
+            counts = {len(keys)}
+        if counts != {n}:
+            got = " / ".join(map(str, sorted(counts)))
+            raise ServingError(f"got {got} task keys for {n} samples: send one task key per sample")
         if self.dim:
             inputs[EMBEDDING_INPUT] = self.embeddings(keys)[0]
         request = predict_pb2.PredictRequest()
