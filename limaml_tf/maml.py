@@ -160,10 +160,18 @@ def adapt(net: Network, weights: Weights, support, task, steps: int, learning_ra
     features, labels, mask = support
     params = initial_params(net, weights, task)
     rates = weights.inner_rates or [learning_rate] * len(params)
+    return sgd_steps(lambda p, step: task_loss(net, labels, task_logits(net, p, weights, features, task, step,
+                                                                         training), mask),
+                     params, rates, steps, first_order)
+
+
+def sgd_steps(loss_fn, params: list, rates: list, steps: int, first_order: bool) -> list:
+    """`steps` SGD steps p <- p - rate * d loss_fn(p, step) / dp (the tape stays differentiable: second
+    order through the steps unless `first_order`)."""
     for step in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = task_loss(net, labels, task_logits(net, params, weights, features, task, step, training), mask)
+            loss = loss_fn(params, step)
         grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
                  for g, p in zip(tape.gradient(loss, params), params)]
         if first_order:
@@ -293,17 +301,8 @@ def adapt_definition(net: Network, weights: Weights, definition: str, support, s
     params = meta[definition]
     rates = ([learning_rate] * len(params) if not weights.inner_rates
              else net.meta_block.split(weights.inner_rates)[definition])
-    for step in range(steps):
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            logits = definition_logits(net, weights, {**meta, definition: params}, features, seed, step, training)
-            loss = task_loss(net, labels, logits, mask)
-        grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g)
-                 for g, p in zip(tape.gradient(loss, params), params)]
-        if first_order:
-            grads = [tf.stop_gradient(g) for g in grads]
-        params = [p - tf.cast(r, p.dtype) * tf.cast(g, p.dtype) for p, r, g in zip(params, rates, grads)]
-    return params
+    return sgd_steps(lambda p, step: task_loss(net, labels, definition_logits(
+        net, weights, {**meta, definition: p}, features, seed, step, training), mask), params, rates, steps, first_order)
 
 
 def _subtasks(encoded, definition: str):
