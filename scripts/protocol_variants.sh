@@ -2,7 +2,7 @@
 # The variants tried to make LiMAML win (issue 10, section 3), trained on one protocol and scored on its
 # validation users; read the result with `limaml reproduce --compare` (docs/protocols_ml100k/README.md).
 #
-#   SEEDS="0 1 2" scripts/protocol_variants.sh few-shot a     # groups: a .. e (below); protocols: few-shot, user-cold
+#   SEEDS="0 1 2" scripts/protocol_variants.sh few-shot a     # groups: a .. f (below); protocols: few-shot, user-cold
 #   limaml reproduce --compare runs/variants/few-shot/*/seed* --out docs/protocols_ml100k/variants/few-shot
 set -euo pipefail
 P=$1; G=$2
@@ -30,7 +30,10 @@ case $G in
         --variant 'mixed=limaml:mixed_loss_weight=1.0'
         --variant 'seq-mixed=limaml:mixed_loss_weight=1.0,meta_block=transformer'
         --variant 'vanilla-seq!=vanilla:meta_block=transformer') ;;   # the sequence read by a plain model
-  *) echo "unknown group $G (a, b, c, d or e)" >&2; exit 2 ;;
+  f) V=(--models vanilla 'W&D-ID'                             # two task definitions: user and user x main genre
+        --variant 'mixed=limaml:mixed_loss_weight=1.0'
+        --variant 'mixed-genre=limaml:mixed_loss_weight=1.0,definitions=("user","user_x_genre")') ;;
+  *) echo "unknown group $G (a .. f)" >&2; exit 2 ;;
 esac
 for s in ${SEEDS:-0 1 2}; do
   limaml reproduce --protocol "$P" "${COMMON[@]}" --seeds "$s" "${V[@]}" --out "runs/variants/$P/$G/seed$s"
