@@ -190,7 +190,7 @@ class TransformerMetaBlock(keras.layers.Layer):
         pass  # sub-layers build on their first call (the model calls every block once at construction)
 
     def encode_sequence(self, inputs):
-        """(pooled sequence vector [B, model_dim], mask [B, L])."""
+        """The sequence pooled over its real positions, [B, model_dim]."""
         ids = {n: inputs[n] for n in self.item_embeddings}
         mask = tf.cast(tf.add_n([tf.cast(i > 0, tf.int32) for i in ids.values()]) > 0, self.compute_dtype)
         x = tf.add_n([emb(ids[n]) for n, emb in self.item_embeddings.items()])
@@ -203,10 +203,10 @@ class TransformerMetaBlock(keras.layers.Layer):
             x = x + layer["attention"](h, h, attention_mask=keys)
             x = x + layer["ff2"](layer["ff1"](layer["norm2"](x)))
         x = self.final_norm(x) * mask[..., None]
-        return tf.reduce_sum(x, 1) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1.0), mask
+        return tf.reduce_sum(x, 1) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1.0)
 
     def call(self, inputs):
-        x, _ = self.encode_sequence(inputs)
+        x = self.encode_sequence(inputs)
         if self.inputs_layer is not None:
             x = tf.concat([x, self.inputs_layer(inputs)], -1)
         for layer in self.hidden:

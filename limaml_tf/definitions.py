@@ -44,7 +44,7 @@ class MetaBlocks(keras.layers.Layer):
 
     def split(self, params) -> dict:
         """A flat list of this layer's trainable values (its `trainable_variables` order) -> {definition: list}."""
-        owner = {id(v): d for d in self.names for v in self.blocks[d].trainable_variables}
+        owner = self._owners()
         variables = self.trainable_variables
         if len(variables) != len(params):
             raise ValueError(f"MetaBlocks.split: {len(params)} values for {len(variables)} variables")
@@ -55,9 +55,13 @@ class MetaBlocks(keras.layers.Layer):
 
     def join(self, params_by_definition: dict) -> list:
         """The inverse of `split`: {definition: list} -> a flat list in `trainable_variables` order."""
-        owner = {id(v): d for d in self.names for v in self.blocks[d].trainable_variables}
+        owner = self._owners()
         taken = {d: iter(params_by_definition[d]) for d in self.names}
         return [next(taken[owner[id(v)]]) for v in self.trainable_variables]
+
+    def _owners(self) -> dict:
+        """id(trainable variable) -> the definition whose block holds it."""
+        return {id(v): d for d in self.names for v in self.blocks[d].trainable_variables}
 
     def get_config(self):
         return {**super().get_config(),

@@ -49,7 +49,7 @@ def previous_rows(df: pd.DataFrame, task_key: str, timestamp: str, max_len: int,
     earlier = before - before[task_first][task]  # ... of this task, ties not yet excluded
     tie_first = np.r_[True, ~same_task | (np.diff(t) != 0)] if n else np.zeros(0, bool)
     earlier = earlier[np.maximum.accumulate(np.where(tie_first, np.arange(n), 0))]  # rows tied on time see alike
-    count = np.where(visible, earlier, vis_count[task]) if is_support is not None else earlier
+    count = np.where(visible, earlier, vis_count[task])  # a query row sees all its task's support rows
     j = np.arange(max_len)[None, :]
     pos = vis_start[task][:, None] + count[:, None] - 1 - j
     return np.where(j < count[:, None], vis_rows[np.clip(pos, 0, max(len(vis_rows) - 1, 0))] if len(vis_rows)
