@@ -4,7 +4,8 @@ anything runs: an unknown key, a wrong type or a missing file is an error naming
     data:      path (Parquet / CSV file or a directory of them; a MovieLens directory with `movielens`),
                format (auto | parquet | csv), movielens (ml-100k | ml-1m), synthetic ({num_tasks, seed, ...})
     features:  the FeatureSpec as a mapping (limaml_tf.spec), or "movielens" (limaml_tf.movielens.movielens_spec)
-    model:     meta_block {type: mlp | id | transformer, ...},
+    model:     meta_block {type: mlp | id | transformer, ...}, or one such block per task definition of
+               the spec's task_keys ({user: {type: mlp}, user_x_genre: {type: mlp, features: [...]}}),
                global_block {type: mlp | dcn, features: other | all | [names]},
                and LiMAMLModel's options (inner_steps, inner_learning_rate, first_order, ...)
     training:  epochs, tasks_per_batch, learning_rate, clipnorm, warmup_fraction, max_samples_per_task,
@@ -121,9 +122,13 @@ def _check(c: TrainConfig) -> None:
     if not isinstance(c.model, dict):
         raise ConfigError(f"{c.where('model')} must be a mapping (meta_block, global_block, LiMAMLModel options)")
     meta, glob_ = c.model.get("meta_block") or {}, c.model.get("global_block") or {}
-    if meta.get("type", "mlp") not in META_BLOCKS:
-        raise ConfigError(f"{c.where('model', 'meta_block', 'type')} is {meta.get('type')!r}: use one of "
-                          f"{sorted(META_BLOCKS)}")
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{c.where('model', 'meta_block')} must be a mapping: {{type: mlp, ...}}, or one such "
+                          "mapping per task definition")
+    for where, block in _meta_blocks(meta).items():
+        if block.get("type", "mlp") not in META_BLOCKS:
+            raise ConfigError(f"{c.where('model', *where, 'type')} is {block.get('type')!r}: use one of "
+                              f"{sorted(META_BLOCKS)}")
     if glob_.get("type", "mlp") not in GLOBAL_BLOCKS:
         raise ConfigError(f"{c.where('model', 'global_block', 'type')} is {glob_.get('type')!r}: use one of "
                           f"{sorted(GLOBAL_BLOCKS)}")
@@ -197,7 +202,9 @@ def load_data(c: TrainConfig) -> tuple[pd.DataFrame, FeatureSpec | None]:
     if d["movielens"]:
         from limaml_tf.movielens import load_tasks_frame
 
-        return load_tasks_frame(d["movielens"], d["path"]), None
+        per_definition = {w[-1] for w in _meta_blocks(dict(c.model.get("meta_block") or {})) if len(w) == 2}
+        # meta blocks keyed {user, user_x_genre}: the frame adds the user x main genre key (movielens_spec's task_keys)
+        return load_tasks_frame(d["movielens"], d["path"], genre_tasks=bool(per_definition)), None
     spec = _spec(c)
     return read_table(d["path"], spec, d["format"]), spec
 
@@ -244,6 +251,45 @@ def _block(cls, options: dict, where: str, **fixed):
     return cls(**fixed, **options)
 
 
+def _meta_blocks(meta: dict) -> dict:
+    """model.meta_block as {key path: block options}: one block, or one per task definition (a mapping whose
+    values are all mappings, keyed by definition)."""
+    if meta and all(isinstance(v, dict) for v in meta.values()):
+        return {("meta_block", d): v for d, v in meta.items()}
+    return {("meta_block",): meta}
+
+
+def _meta_block(c: TrainConfig, spec: FeatureSpec, options: dict, where: tuple):
+    from limaml_tf import blocks
+
+    options = dict(options)
+    meta_cls, feature_key = META_BLOCKS[options.pop("type", "mlp")]
+    where = c.where("model", *where)
+    if feature_key == "feature":
+        name = options.pop("feature", None)
+        if name is None:
+            raise ConfigError(f"{where}.feature is missing: name the categorical meta feature the ID table "
+                              "reads (e.g. user_id)")
+        fixed = {"feature": spec.feature(name)}
+    else:
+        fixed = {"features": _features(spec, options.pop("features", None), spec.meta_features, f"{where}.features")}
+    return _block(getattr(blocks, meta_cls), options, where, **fixed)
+
+
+def build_meta_block(c: TrainConfig, spec: FeatureSpec):
+    """One meta block, or {definition: meta block} when model.meta_block has one per task definition (they
+    must be the spec's `task_keys` definitions)."""
+    per_block = _meta_blocks(dict(c.model.get("meta_block") or {}))
+    if list(per_block) == [("meta_block",)]:
+        return _meta_block(c, spec, per_block[("meta_block",)], ("meta_block",))
+    given, declared = sorted(w[1] for w in per_block), sorted(spec.definitions)
+    if not spec.task_keys or given != declared:
+        raise ConfigError(f"{c.where('model', 'meta_block')} has blocks for {given}, the feature spec declares the "
+                          f"task definitions {declared}: give one block per definition of features.task_keys "
+                          "(e.g. task_keys: {user: user_id, user_x_genre: user_genre})")
+    return {where[1]: _meta_block(c, spec, options, where) for where, options in per_block.items()}
+
+
 def build_model(c: TrainConfig, spec: FeatureSpec, total_steps: int):
     """The LiMAMLModel the config describes, compiled with the paper's outer optimizer
     (limaml_tf.training.make_optimizer: linear learning-rate scaling, clip, warm-up then cosine decay)."""
@@ -252,19 +298,9 @@ def build_model(c: TrainConfig, spec: FeatureSpec, total_steps: int):
     from limaml_tf.training import make_optimizer
 
     model = dict(c.model)
-    meta = dict(model.pop("meta_block", None) or {})
+    model.pop("meta_block", None)
     glob_ = dict(model.pop("global_block", None) or {})
-    meta_cls, feature_key = META_BLOCKS[meta.pop("type", "mlp")]
-    meta_where = c.where("model", "meta_block")
-    if feature_key == "feature":
-        name = meta.pop("feature", None)
-        if name is None:
-            raise ConfigError(f"{meta_where}.feature is missing: name the categorical meta feature the ID table "
-                              "reads (e.g. user_id)")
-        fixed = {"feature": spec.feature(name)}
-    else:
-        fixed = {"features": _features(spec, meta.pop("features", None), spec.meta_features, f"{meta_where}.features")}
-    meta_block = _block(getattr(blocks, meta_cls), meta, meta_where, **fixed)
+    meta_block = build_meta_block(c, spec)
     glob_where = c.where("model", "global_block")
     glob_cls = getattr(blocks, GLOBAL_BLOCKS[glob_.pop("type", "mlp")])
     features = _features(spec, glob_.pop("features", None), spec.other_features, f"{glob_where}.features")

@@ -91,3 +91,45 @@ def test_evaluate_a_trained_model_on_a_held_out_file(background_runs):
     assert set(figures) == {"no fine-tune", "fine-tune (1 step)"}
     assert all(0 < f["all"] < 1 for f in figures.values())
     assert "[evaluate] held_out.csv AUC" in output
+
+
+def _two_definitions_config(tmp_path, **model):
+    import yaml
+
+    with open(os.path.join(EXAMPLES, "two_definitions.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["data"]["synthetic"].update(num_tasks=40, mean_samples_per_task=40)
+    config["training"].update(epochs=1, backup=False)
+    config["model"].update(model)
+    config["output"] = {"dir": str(tmp_path / "run"), "saved_models": str(tmp_path / "saved_models"),
+                        "model_name": "two", "export": True}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_train_with_two_task_definitions_from_yaml(tmp_path, capsys):
+    """examples/two_definitions.yaml (shrunk): one meta block per definition of features.task_keys, built
+    from the config, trained and evaluated (the export of one adapter per definition is
+    tests/test_task_definitions_serving.py's)."""
+    from limaml_tf.training import load_model
+
+    assert main(["train", "--config", _two_definitions_config(tmp_path), "--no-export"]) == 0
+    model = load_model(str(tmp_path / "run" / "model.keras"))
+    assert model.meta_block.names == ["user", "user_x_type"]
+    features = [f.name for f in model.meta_block.blocks["user_x_type"].inputs_layer.features]
+    assert features == ["segment", "activity", "item_type"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["test_auc"]
+    assert 0 < metrics["fine-tune (1 step)"]["all"] < 1
+    assert "[evaluate] test AUC" in capsys.readouterr().out
+
+
+def test_meta_blocks_must_match_the_task_definitions(tmp_path):
+    path = _two_definitions_config(tmp_path, meta_block={"user": {"type": "mlp"}, "genre": {"type": "mlp"}})
+    c = cf.load(path)
+    spec = cf.FeatureSpec.from_dict(c.features)
+    with pytest.raises(cf.ConfigError, match=r"model\.meta_block has blocks for \['genre', 'user'\].*task_keys"):
+        cf.build_meta_block(c, spec)
+    bad_type = _two_definitions_config(tmp_path, meta_block={"user": {"type": "mlp"}, "user_x_type": {"type": "x"}})
+    with pytest.raises(cf.ConfigError, match=r"model\.meta_block\.user_x_type\.type is 'x'"):
+        cf.load(bad_type)

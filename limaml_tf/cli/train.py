@@ -114,7 +114,9 @@ def _export(model, saved_models, name, train_df, steps, aggregation) -> None:
     from limaml_tf.export import export_model
 
     serving_path, adapter_path = export_model(model, saved_models, name, train_df, steps, aggregation)
-    print(f"[export] {serving_path} (TF Serving) and {adapter_path} (adapter)")
+    adapters = (f"{adapter_path} (adapter)" if isinstance(adapter_path, str) else
+                ", ".join(f"{p} (adapter of {d!r})" for d, p in adapter_path.items()))
+    print(f"[export] {serving_path} (TF Serving) and {adapters}")
 
 
 def export(a) -> int:
