@@ -99,7 +99,7 @@ def _two_definitions_config(tmp_path, **model):
     with open(os.path.join(EXAMPLES, "two_definitions.yaml")) as f:
         config = yaml.safe_load(f)
     config["data"]["synthetic"].update(num_tasks=40, mean_samples_per_task=40)
-    config["training"].update(epochs=1, backup=False)
+    config["training"].update(epochs=1, backup=False, max_samples_per_task=32, eval_max_samples_per_task=16)
     config["model"].update(model)
     config["output"] = {"dir": str(tmp_path / "run"), "saved_models": str(tmp_path / "saved_models"),
                         "model_name": "two", "export": True}
