@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from limaml_tf.artifacts import atomic_write_text
-from limaml_tf.spec import FeatureSpec
+from limaml_tf.spec import FeatureError, FeatureSpec
 from limaml_tf.tasks import SETS, TaskSet, pad_task_count
 
 META_FILE = "tasks_meta.json"
@@ -33,6 +33,14 @@ def _floats(a) -> tf.train.Feature:
 
 def _bytes(a) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode() for v in np.asarray(a).ravel()]))
+
+
+def check_one_definition(spec: FeatureSpec) -> None:
+    """Task TFRecords carry one task definition (no sub-task arrays): refuse a spec with several, up front."""
+    if spec.task_keys:
+        raise FeatureError(f"the spec declares several task definitions (task_keys {dict(spec.task_keys)}); task "
+                           "TFRecords carry one: train such a model from limaml_tf.split_tasks(...).dataset(...) "
+                           "(docs/task_definitions.md)")
 
 
 def task_example(spec: FeatureSpec, task: dict) -> bytes:
@@ -60,6 +68,7 @@ def read_meta(directory: str) -> tuple[FeatureSpec, int, int]:
 
 def write_tasks(tasks: TaskSet, directory: str, shards: int = 1) -> list[str]:
     """Writes a TaskSet as sharded TFRecords + tasks_meta.json (each shard written atomically)."""
+    check_one_definition(tasks.spec)
     os.makedirs(directory, exist_ok=True)
     paths = []
     for shard in range(shards):

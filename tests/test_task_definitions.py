@@ -216,3 +216,12 @@ def test_bad_definitions_name_the_fix(two_level):
         model = _model(spec)
         model.compute_gradients({k: v for k, v in _bundle(two_level)[0].items() if not k.startswith("subtask")})
     assert one.definitions == {"task": "user_id"}
+
+
+def test_task_tfrecords_refuse_several_definitions_up_front(two_level, tmp_path):
+    from limaml_tf.tfrecords import write_tasks
+
+    df, spec = two_level
+    with pytest.raises(lt.FeatureError, match=r"several task definitions .*split_tasks"):
+        write_tasks(lt.split_tasks(df, spec, max_samples_per_task=16), str(tmp_path / "tasks"))
+    assert not (tmp_path / "tasks").exists() or not any((tmp_path / "tasks").iterdir())
