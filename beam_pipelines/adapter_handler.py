@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_pipelines.interactions import stage_time
 from limaml_tf.artifacts import COLD_START, EMBED_TASKS, adapter_inputs
 from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import TaskSet, pad_task_count
@@ -115,7 +116,8 @@ class AdapterModelHandler(ModelHandler):
     def run_inference(self, batch, model, inference_args=None):
         out = []
         for run in _same_kind_runs(batch):
-            emb = self.embed(model, run)
+            with stage_time("adapter"):
+                emb = self.embed(model, run)
             out.append(PredictionResult((run.bucket, run.kind, run.keys), emb))
         return out
 

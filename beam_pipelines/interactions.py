@@ -19,8 +19,10 @@ the dead letter is written through `beam_pipelines.sinks` (committed exactly onc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import zlib
 
 import apache_beam as beam
@@ -60,6 +62,31 @@ def detect_format(paths: list[str], fmt: str | None) -> str:
         raise ValueError(f"cannot tell the format of {paths[:3]}...: name files *.parquet / *.tfrecord "
                          "or pass --input-format parquet|tfrecord")
     return exts.pop()
+
+
+STAGE_TIME = "stage_us"  # Beam metric namespace: microseconds each stage spent on its own work
+
+
+@contextlib.contextmanager
+def stage_time(stage: str):
+    """Counts the time spent in the block in the Beam counter STAGE_TIME/`stage` (summed over workers)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        beam.metrics.Metrics.counter(STAGE_TIME, stage).inc(int((time.perf_counter() - start) * 1e6))
+
+
+def timed(stage: str, items):
+    """Yields from `items`, counting the time spent producing them in STAGE_TIME/`stage` (not the time
+    downstream stages fused into the same bundle spend on each yielded element)."""
+    it = iter(items)
+    while True:
+        with stage_time(stage):
+            item = next(it, StopIteration)
+        if item is StopIteration:
+            return
+        yield item
 
 
 def key_codes(keys) -> tuple[np.ndarray, list[str]]:
@@ -156,6 +183,9 @@ class ReadInteractions(beam.DoFn):
         self.spec = FeatureSpec.from_json(self.spec_json)
 
     def process(self, path):
+        return timed("read", self._batches(path))
+
+    def _batches(self, path):
         if self.fmt == "parquet":
             with FileSystems.open(path) as f:
                 for i, batch in enumerate(pq.ParquetFile(f).iter_batches(self.batch_rows)):
@@ -373,6 +403,9 @@ class CheckAndBucket(beam.DoFn):
         self.spec = FeatureSpec.from_json(self.spec_json)
 
     def process(self, element):
+        return timed("check", self._check(element))
+
+    def _check(self, element):
         source, table = element
         ok, dead = check_rows(table, self.spec, self.require_label, self.ignore_columns)
         if len(dead):
@@ -397,7 +430,9 @@ class CheckAndBucket(beam.DoFn):
         ok, bucket = ok.take(pa.array(rows)), bucket[rows]
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
         for s, e in zip(starts, np.r_[starts[1:], len(rows)]):
-            yield "rows", (int(bucket[s]), (source, to_ipc(ok.slice(s, e - s))))
+            data = to_ipc(ok.slice(s, e - s))
+            beam.metrics.Metrics.counter("rows", "shuffle_bytes").inc(len(data))
+            yield "rows", (int(bucket[s]), (source, data))
 
 
 def select(kind: str):

@@ -46,8 +46,9 @@ import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import RunInference
 
 from beam_pipelines.adapter_handler import AdapterModelHandler, cold_start_batches
-from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, check_input_columns, detect_format,
-                                         list_files, read_dead_letter, read_interactions, select, stable_bucket)
+from beam_pipelines.interactions import (STAGE_TIME, CheckAndBucket, WriteDeadLetter, check_input_columns,
+                                         detect_format, list_files, read_dead_letter, read_interactions, select,
+                                         stable_bucket)
 from beam_pipelines.refresh_stages import PackBucket, WriteEmbeddings, by_bucket
 from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of, run_and_wait, run_tag,
                                    worker_pythonpath)
@@ -162,12 +163,17 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
               days=days, max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
               input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
               tf_threads=tf_threads, batch_rows=batch_rows)
-        run_and_wait(p)
+        counters = run_and_wait(p)
         remove_temp(tmp)
         write_default_row(tmp, adapter, spec, model_version, computed_at)
         rows = read_embeddings(tmp)
         summary = summarize(tmp, rows, adapter, config, computed_at, days, num_buckets)
         summary["pipeline_seconds"] = round(time.perf_counter() - start, 3)
+        # time each stage spent on its own work in the workers, summed over workers (the rest of the wall
+        # time: runner start-up, serialization, shuffles, the driver's steps)
+        summary["stage_seconds"] = {k.split("/")[1]: v / 1e6 for k, v in counters.items()
+                                    if k.startswith(STAGE_TIME + "/")}
+        summary["shuffle_bytes"] = counters.get("rows/shuffle_bytes", 0)
         check_complete(rows, os.path.join(tmp, MANIFEST_DIR))
         with open(os.path.join(tmp, SUCCESS_FILE), "w") as f:
             json.dump(summary, f, indent=1)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beam_pipelines.adapter_handler import ADAPTED, COLD, adapted_batches, cold_start_batches
-from beam_pipelines.interactions import concat_sorted
+from beam_pipelines.interactions import concat_sorted, stage_time, timed
 from beam_pipelines.sinks import WriteShards
 from limaml_tf.artifacts import embeddings_table
 from limaml_tf.spec import FeatureSpec
@@ -46,6 +46,9 @@ class PackBucket(beam.DoFn):
         self.spec = FeatureSpec.from_json(self.spec_json)
 
     def process(self, element):
+        return timed("pack", self._pack(element))
+
+    def _pack(self, element):
         bucket, groups = element
         key = self.spec.task_key
         rows = concat_sorted(groups["rows"])
@@ -96,8 +99,9 @@ class WriteEmbeddings(beam.PTransform):
         self.model_version, self.computed_at = model_version, computed_at
 
     def write(self, batches, f) -> None:
-        table = bucket_table(batches, self.model_version, self.computed_at)
-        pq.write_table(table, f)
+        with stage_time("write"):
+            table = bucket_table(batches, self.model_version, self.computed_at)
+            pq.write_table(table, f)
         log.info("refresh: %d embeddings written", table.num_rows)  # progress in the worker logs
 
     def expand(self, keyed):

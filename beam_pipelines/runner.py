@@ -83,14 +83,24 @@ def worker_pythonpath() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
 
 
-def run_and_wait(p: beam.Pipeline) -> None:
+def run_and_wait(p: beam.Pipeline) -> dict:
     """Runs `p` to completion (raising its error); closes the client DaskRunner opens, which would
-    otherwise linger and keep reconnecting to a closed cluster."""
+    otherwise linger and keep reconnecting to a closed cluster. Returns the run's Beam counters as
+    {"namespace/name": value} (summed over steps; {} where the runner has no metrics, e.g. Dask)."""
     result = p.run()
     result.wait_until_finish()
     client = getattr(result, "client", None)
     if client is not None:
         client.close()
+    try:
+        counters = result.metrics().query()["counters"]
+    except NotImplementedError:
+        return {}
+    out = {}
+    for c in counters:
+        name = f"{c.key.metric.namespace}/{c.key.metric.name}"
+        out[name] = out.get(name, 0) + (c.committed or 0)
+    return out
 
 
 def auto_buckets(input_pattern: str, rows_per_bucket: int = 400_000) -> int:
