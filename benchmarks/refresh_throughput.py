@@ -193,3 +193,7 @@ def print_marginal(results, workers) -> None:
         if key in a and key in b and b[key]["pipeline_seconds"] > a[key]["pipeline_seconds"]:
             rate = (b["tasks"] - a["tasks"]) / (b[key]["pipeline_seconds"] - a[key]["pipeline_seconds"])
             print(f"  {key}: {rate:,.0f} tasks/s, {rate / w:,.0f} per core", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
