@@ -249,9 +249,11 @@ def _float64(col) -> np.ndarray:
     """A column as float64 (datetimes: epoch seconds), NaN where missing or not a number."""
     t = col.type
     if pa.types.is_timestamp(t):
-        return pc.cast(pc.cast(col, pa.int64()), pa.float64()).to_numpy() / {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
+        per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
+        return pc.cast(pc.cast(col, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False) / per_second
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
-        return pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy()
+        col = pc.cast(col, pa.float64())
+        return (pc.fill_null(col, np.nan) if col.null_count else col).to_numpy()
     return pd.to_numeric(col.to_pandas(), errors="coerce").to_numpy("float64")
 
 
@@ -298,7 +300,8 @@ def check_rows(table: pa.Table | pd.DataFrame, spec: FeatureSpec, require_label:
     known = {*spec.task_key_columns, spec.timestamp, spec.label, *(f.name for f in spec.features), *ignore_columns}
     for c in table.column_names:
         if c not in known:
-            flag(_present(table.column(c)), f"unknown column {c!r}: add it to the feature spec or pass --ignore-columns {c}")
+            flag(_present(table.column(c)),
+                 f"unknown column {c!r}: add it to the feature spec or pass --ignore-columns {c}")
     required = [spec.task_key, spec.timestamp] + ([spec.label] if require_label else [])
     required += [f.name for f in spec.features if f.kind == "numeric"]
     for c in required:
@@ -307,7 +310,7 @@ def check_rows(table: pa.Table | pd.DataFrame, spec: FeatureSpec, require_label:
     out = {}
     if spec.task_key in have:
         key = _strings(table.column(spec.task_key))
-        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(key), ""), True)
+        blank = pc.fill_null(pc.or_(pc.equal(pc.utf8_length(key), 0), pc.utf8_is_space(key)), True)
         flag(blank.to_numpy(zero_copy_only=False), f"missing task key {spec.task_key!r}")
         out[spec.task_key] = pc.fill_null(key, "")
     if spec.timestamp in have:

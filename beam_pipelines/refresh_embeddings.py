@@ -42,10 +42,9 @@ import time
 
 import apache_beam as beam
 import pandas as pd
-import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import RunInference
 
-from beam_pipelines.adapter_handler import AdapterModelHandler, cold_start_batches
+from beam_pipelines.adapter_handler import AdapterModelHandler
 from beam_pipelines.interactions import (STAGE_TIME, CheckAndBucket, WriteDeadLetter, check_input_columns,
                                          detect_format, list_files, read_dead_letter, read_interactions, select,
                                          stable_bucket)
@@ -54,7 +53,7 @@ from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of,
                                    worker_pythonpath)
 from beam_pipelines.sinks import WriteShards, remove_temp
 from limaml_tf.artifacts import (AGGREGATIONS, COLD_START_KEY, DEAD_LETTER_DIR, EMBEDDINGS_DIR, SUCCESS_FILE,
-                                 atomic_directory, embeddings_table, read_adapter, read_embeddings, resolve_adapter)
+                                 atomic_directory, read_adapter, read_embeddings, resolve_adapter)
 from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import positive_int
 
@@ -67,13 +66,15 @@ def write_lines(texts, f) -> None:
 
 
 def serving_parts(serving_tasks: str | None, spec: FeatureSpec, num_buckets: int) -> list:
-    """--serving-tasks (Parquet: task key + optional meta features) as (bucket, rows) parts."""
-    if not serving_tasks:
-        return []
-    serving = pd.read_parquet(serving_tasks)
+    """--serving-tasks (Parquet: task key + optional meta features) as (bucket, rows) parts, with the
+    model's default row COLD_START_KEY (all features missing: what serving uses for a task never seen)."""
+    default = pd.DataFrame({spec.task_key: [COLD_START_KEY]})
+    serving = pd.read_parquet(serving_tasks) if serving_tasks else default
     if spec.task_key not in serving.columns:
         raise ValueError(f"--serving-tasks {serving_tasks!r} needs a {spec.task_key!r} column (the task key)")
     serving[spec.task_key] = serving[spec.task_key].astype(str)
+    if serving_tasks:
+        serving = pd.concat([serving[serving[spec.task_key] != COLD_START_KEY], default], ignore_index=True)
     return [(int(b), part) for b, part in serving.groupby(stable_bucket(serving[spec.task_key], num_buckets))]
 
 
@@ -103,16 +104,6 @@ def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str,
                | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(run_dir, EMBEDDINGS_DIR), num_buckets,
                                                       model_version, computed_at))
     return (written, dead_paths, manifest_paths) | "AllFiles" >> beam.Flatten()
-
-
-def write_default_row(run_dir: str, adapter: str, spec: FeatureSpec, model_version: str,
-                      computed_at: dt.datetime) -> None:
-    """The model's cold-start row (all features missing): what serving uses for a task never seen."""
-    handler = AdapterModelHandler(adapter, 1)
-    (batch,) = cold_start_batches(spec, pd.DataFrame({spec.task_key: [COLD_START_KEY]}), 1)
-    emb = handler.embed(handler.load_model(), batch)
-    pq.write_table(embeddings_table([COLD_START_KEY], emb, model_version, computed_at, "cold_start"),
-                   os.path.join(run_dir, EMBEDDINGS_DIR, "part-default.parquet"))
 
 
 def summarize(run_dir: str, rows: pd.DataFrame, adapter: str, config: dict, computed_at: dt.datetime,
@@ -157,7 +148,6 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
     run_dir = os.path.join(os.path.abspath(output), "runs", run_tag(as_of))
     worker_pythonpath()
     with atomic_directory(run_dir) as tmp:
-        os.makedirs(os.path.join(tmp, EMBEDDINGS_DIR))  # the driver writes part-default.parquet there too
         p = beam.Pipeline(options=beam_options(list(beam_args), workers))
         build(p, input=input, spec=spec, adapter=adapter, model_version=model_version, run_dir=tmp, as_of=as_of,
               days=days, max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
@@ -165,7 +155,6 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
               tf_threads=tf_threads, batch_rows=batch_rows)
         counters = run_and_wait(p)
         remove_temp(tmp)
-        write_default_row(tmp, adapter, spec, model_version, computed_at)
         rows = read_embeddings(tmp)
         summary = summarize(tmp, rows, adapter, config, computed_at, days, num_buckets)
         summary["pipeline_seconds"] = round(time.perf_counter() - start, 3)
