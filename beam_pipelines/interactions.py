@@ -38,6 +38,7 @@ from limaml_tf.spec import LIST_KINDS, MAX_EPOCH_SECONDS, FeatureError, FeatureS
 from limaml_tf.tasks import recent_order
 
 FORMATS = ("parquet", "tfrecord")
+BATCH_ROWS = 262_144  # rows per input batch: few, large elements (an Arrow batch of ~30 MB)
 DEAD_LETTER_COLUMNS = ("source", "reason", "row")
 
 
@@ -111,9 +112,11 @@ def stable_bucket(keys, num_buckets: int) -> np.ndarray:
 
 
 def to_ipc(table: pa.Table) -> bytes:
-    """An Arrow table as IPC stream bytes: what crosses a shuffle (Beam's coder copies bytes as they are)."""
+    """An Arrow table as IPC stream bytes, zstd-compressed: what crosses a shuffle (Beam's coder copies
+    bytes as they are; FnApiRunner holds a GroupByKey's whole input in the driver, where zstd makes it
+    ~40 % smaller for ~0.1 s of CPU time per million rows)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write_table(table)
     return sink.getvalue().to_pybytes()
 
@@ -176,7 +179,7 @@ class ReadInteractions(beam.DoFn):
     grouping stages drop a batch delivered twice by its id, so two batches must never share one, as
     day=1/part-0.parquet and day=2/part-0.parquet would by file name)."""
 
-    def __init__(self, fmt: str, spec: FeatureSpec, batch_rows: int = 65_536):
+    def __init__(self, fmt: str, spec: FeatureSpec, batch_rows: int = BATCH_ROWS):
         self.fmt, self.spec_json, self.batch_rows = fmt, spec.to_json(), batch_rows
 
     def setup(self):
@@ -222,7 +225,7 @@ def check_input_columns(paths: list[str], spec: FeatureSpec, require_label: bool
                                f"needs: pass the adapter trained on this data (--adapter), or add the columns")
 
 
-def read_interactions(p, pattern: str, spec: FeatureSpec, fmt: str | None = None, batch_rows: int = 65_536):
+def read_interactions(p, pattern: str, spec: FeatureSpec, fmt: str | None = None, batch_rows: int = BATCH_ROWS):
     """PCollection of (batch id, Arrow table) from the files matching `pattern`."""
     paths = list_files(pattern)
     fmt = detect_format(paths, fmt)

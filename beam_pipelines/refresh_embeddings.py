@@ -45,9 +45,9 @@ import pandas as pd
 from apache_beam.ml.inference.base import RunInference
 
 from beam_pipelines.adapter_handler import AdapterModelHandler
-from beam_pipelines.interactions import (STAGE_TIME, CheckAndBucket, WriteDeadLetter, check_input_columns,
-                                         detect_format, list_files, read_dead_letter, read_interactions, select,
-                                         stable_bucket)
+from beam_pipelines.interactions import (BATCH_ROWS, STAGE_TIME, CheckAndBucket, WriteDeadLetter,
+                                         check_input_columns, detect_format, list_files, read_dead_letter,
+                                         read_interactions, select, stable_bucket)
 from beam_pipelines.refresh_stages import PackBucket, WriteEmbeddings, by_bucket
 from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of, run_and_wait, run_tag,
                                    worker_pythonpath)
@@ -81,7 +81,7 @@ def serving_parts(serving_tasks: str | None, spec: FeatureSpec, num_buckets: int
 def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str, run_dir: str, as_of: float,
           days: float, max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
           serving_tasks: str | None = None, ignore_columns=(), tf_threads: int | None = None,
-          batch_rows: int = 65_536):
+          batch_rows: int = BATCH_ROWS):
     """Adds the refresh to pipeline `p` (writing under `run_dir`, through `beam_pipelines.sinks` only);
     returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller."""
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
@@ -125,7 +125,7 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
             tasks_per_batch: int = 128, aggregation: str | None = None, num_buckets: int = 0,
             input_format: str | None = None, serving_tasks: str | None = None, ignore_columns=(),
             online_store: str | None = "sqlite", store_dir: str | None = None, workers: int = 2,
-            tf_threads: int | None = None, beam_args=(), batch_rows: int = 65_536) -> dict:
+            tf_threads: int | None = None, beam_args=(), batch_rows: int = BATCH_ROWS) -> dict:
     """Runs the refresh; commits runs/<as_of>/ under `output` atomically, then publishes it to the
     Feast online store (`online_store`: "sqlite", "redis://host:port" or None). Returns the summary."""
     start = time.perf_counter()
