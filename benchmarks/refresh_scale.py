@@ -16,30 +16,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CHUNK_TASKS = 6040  # ML-1M's users
 
 
-def write_input(directory: str, files: int, seed: int = 0):
-    """`files` Parquet files of one ML-1M-shaped chunk each (task keys prefixed by the file number);
-    returns the spec fitted on the chunk. Files already there are kept."""
+def write_input(work: str, files: int, seed: int = 0) -> int:
+    """`files` Parquet files of one ML-1M-shaped chunk each under `work`/input (task keys prefixed by the
+    file number; files already there are kept) and an adapter (k = 1) for them under `work`/adapter;
+    returns the rows of a chunk. Run in a child process, so the driver measured holds neither the
+    generated data nor Keras."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from limaml_tf.cli.demo import build_models
+    from limaml_tf.export import export_adapter
     from limaml_tf.synthetic import make_synthetic
 
     df, spec = make_synthetic(num_tasks=CHUNK_TASKS, num_items=3_700, mean_samples_per_task=165.0, days=60.0,
                               seed=seed)
     spec = spec.fit(df)
     chunk = pa.Table.from_pandas(df, preserve_index=False)
+    directory = os.path.join(work, "input")
     os.makedirs(directory, exist_ok=True)
     key = chunk.schema.get_field_index(spec.task_key)
     for i in range(files):
@@ -48,7 +55,9 @@ def write_input(directory: str, files: int, seed: int = 0):
             keys = pc.utf8_replace_slice(chunk.column(key), 0, 0, f"c{i}-")
             pq.write_table(chunk.set_column(key, spec.task_key, keys), path + ".tmp")
             os.rename(path + ".tmp", path)
-    return spec, chunk.num_rows
+    if not os.path.exists(os.path.join(work, "adapter")):
+        export_adapter(build_models(spec)[0], os.path.join(work, "adapter"), steps=1)
+    return chunk.num_rows
 
 
 class RssPoller(threading.Thread):
@@ -108,17 +117,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from beam_pipelines.refresh_embeddings import refresh
-    from beam_pipelines.runner import worker_pythonpath
-    from limaml_tf.cli.demo import build_models
-    from limaml_tf.export import export_adapter
-
     work = args.workdir or tempfile.mkdtemp(prefix="refresh-scale-")
     files = [n // CHUNK_TASKS for n in args.tasks]
-    spec, chunk_rows = write_input(os.path.join(work, "input"), max(files))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunk_rows = pool.submit(write_input, work, max(files)).result()
     adapter = os.path.join(work, "adapter")
-    if not os.path.exists(adapter):
-        export_adapter(build_models(spec)[0], adapter, steps=1)
+
+    from beam_pipelines.refresh_embeddings import refresh
+    from beam_pipelines.runner import worker_pythonpath
+
     worker_pythonpath()
     days, as_of = 60.0, 60 * 86_400.0 + 1
     results = []
