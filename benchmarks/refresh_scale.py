@@ -61,38 +61,39 @@ def write_input(work: str, files: int, seed: int = 0) -> int:
 
 
 class RssPoller(threading.Thread):
-    """Polls the RSS of this process and of every process under it; keeps each one's peak and the peak
-    of their sum."""
+    """Polls the memory of this process and of every process under it: each one's peak RSS, the peak of
+    the RSS summed over them, and the peak of the PSS summed over them (RSS counts the pages of shared
+    libraries, e.g. TensorFlow's, once per process; PSS splits them: the sum is the real total)."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float = 0.5):
         super().__init__(daemon=True)
         import psutil
 
         self.root, self.interval, self.stop = psutil.Process(), interval, threading.Event()
-        self.peak, self.names, self.peak_total = {}, {}, 0
+        self.peak, self.names, self.peak_total, self.peak_pss = {}, {}, 0, 0
 
     def run(self):
         import psutil
 
         while not self.stop.is_set():
-            total = 0
+            total = pss = 0
             for proc in [self.root] + self.root.children(recursive=True):
                 try:
-                    rss = proc.memory_info().rss
+                    mem = proc.memory_full_info()
                     if proc.pid not in self.names:
                         self.names[proc.pid] = "driver" if proc is self.root else kind(proc.cmdline())
                 except psutil.Error:  # ended between the listing and the read
                     continue
-                total += rss
-                self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), rss)
-            self.peak_total = max(self.peak_total, total)
+                total, pss = total + mem.rss, pss + mem.pss
+                self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), mem.rss)
+            self.peak_total, self.peak_pss = max(self.peak_total, total), max(self.peak_pss, pss)
             time.sleep(self.interval)
 
     def report(self) -> dict:
         self.stop.set()
         self.join()
         gib = 2 ** 30
-        return {"peak_total_gib": round(self.peak_total / gib, 2),
+        return {"peak_total_gib": round(self.peak_total / gib, 2), "peak_pss_gib": round(self.peak_pss / gib, 2),
                 "peak_gib": {f"{self.names[p]} {p}": round(r / gib, 2) for p, r in sorted(self.peak.items())
                              if r > 50 * 2 ** 20}}  # processes that held real data (not shells, nannies)
 
@@ -163,12 +164,12 @@ def main(argv=None) -> int:
                "load": round(os.getloadavg()[0], 2), **memory}
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| tasks ({args.runner}, {args.workers} workers) | input rows | seconds | ms per task | peak RSS total "
-          "| peak RSS per process |\n|---|---|---|---|---|---|")
+    print(f"\n| tasks ({args.runner}, {args.workers} workers) | input rows | seconds | ms per task | peak RSS sum "
+          "(PSS sum) | peak RSS per process |\n|---|---|---|---|---|---|")
     for r in results:
         per = ", ".join(f"{k.split()[0]} {v:.2f}" for k, v in r["peak_gib"].items())
         print(f"| {r['tasks']:,} | {r['rows']:,} | {r['seconds']:.0f} | {r['ms_per_task']:.3f} | "
-              f"{r['peak_total_gib']:.2f} GiB | {per} (GiB) |")
+              f"{r['peak_total_gib']:.2f} GiB ({r['peak_pss_gib']:.2f}) | {per} (GiB) |")
     if len(results) > 1:
         growth = results[-1]["ms_per_task"] / results[0]["ms_per_task"]
         print(f"time per task at {results[-1]['tasks']:,} / at {results[0]['tasks']:,}: {growth:.2f}x "
