@@ -6,10 +6,10 @@ Files -> Reshuffle -> FlatMap emitting, for each of `batches` batches of a file,
 (bucket, (batch id, `size` random bytes)) per bucket -> CoGroupByKey -> per bucket: how many values
 arrived. Every bucket must receive files x batches values.
 
-Measured (Beam 2.77, 100 files x 5 batches x 114 buckets = 57,000 elements; the loss is the same from
-run to run):
+Measured (Beam 2.77, 100 files x 5 batches x 114 buckets = 57,000 elements):
     size  6,500 B (353 MiB), 2 workers: 57,000 / 57,000
-    size 12,500 B (669 MiB), 2 workers: 56,092 / 57,000 (908 lost, ~8 per bucket: whole batches)
+    size 12,500 B (669 MiB), 2 workers: 56,092 and 56,164 / 57,000 in two runs (~8 lost per bucket:
+                                        whole batches, every bucket)
     size 25,000 B (1.3 GiB), 2 workers: 44,430 / 57,000
     size 25,000 B (1.3 GiB), 1 worker (in_memory): 57,000 / 57,000
 Not a `python -m benchmarks` module (no `main`): run it by hand.
