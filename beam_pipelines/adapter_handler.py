@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_pipelines.interactions import stage_time
 from limaml_tf.artifacts import COLD_START, EMBED_TASKS, adapter_inputs
 from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import TaskSet, pad_task_count
@@ -83,8 +84,9 @@ def _same_kind_runs(batch: Sequence) -> list[TaskBatch]:
 class AdapterModelHandler(ModelHandler):
     """RunInference handler for the adapter SavedModel: a batch of tasks -> one meta embedding per task.
 
-    Predictions are `PredictionResult(example=(bucket, kind, task key), inference=embedding [d])`,
-    in the order of the batch."""
+    Predictions are one `PredictionResult(example=(bucket, kind, task keys), inference=embeddings [n, d])`
+    per TaskBatch (a batch of single TaskExamples: per run of one kind and bucket), so RunInference
+    emits one element per batch, not per task."""
 
     def __init__(self, adapter_path: str, tasks_per_batch: int, tf_threads: int | None = None,
                  prebatched: bool = True):
@@ -114,8 +116,9 @@ class AdapterModelHandler(ModelHandler):
     def run_inference(self, batch, model, inference_args=None):
         out = []
         for run in _same_kind_runs(batch):
-            emb = self.embed(model, run)
-            out += [PredictionResult((run.bucket, run.kind, str(k)), e) for k, e in zip(run.keys, emb)]
+            with stage_time("adapter"):
+                emb = self.embed(model, run)
+            out.append(PredictionResult((run.bucket, run.kind, run.keys), emb))
         return out
 
     def get_num_bytes(self, batch) -> int:

@@ -21,7 +21,7 @@ import apache_beam as beam
 import pandas as pd
 
 from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, concat_sorted, read_dead_letter,
-                                         read_interactions, select)
+                                         read_interactions, select, to_arrow)
 from beam_pipelines.runner import auto_buckets, beam_options, parse_as_of, run_and_wait, worker_pythonpath
 from beam_pipelines.sinks import remove_temp
 from limaml_tf.artifacts import DEAD_LETTER_DIR, SUCCESS_FILE, atomic_directory, read_spec
@@ -45,10 +45,11 @@ class JoinFeatures(beam.DoFn):
         self.tables = tables
 
     def process(self, element):
-        source, df = element
+        source, rows = element
+        df = rows.to_pandas()
         for table, key in self.tables:
             df = df.merge(table, on=key, how="left", suffixes=("", "__table"))
-        yield source, df
+        yield source, to_arrow(df)
 
 
 class SplitBucket(beam.DoFn):
@@ -62,7 +63,7 @@ class SplitBucket(beam.DoFn):
 
     def process(self, element):
         _, parts = element
-        rows = concat_sorted(parts)
+        rows = concat_sorted(parts).to_pandas()
         try:
             tasks = split_tasks(rows, self.spec, *self.args)
         except FeatureError:  # no task in this bucket has min_samples samples

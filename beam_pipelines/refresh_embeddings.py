@@ -42,18 +42,18 @@ import time
 
 import apache_beam as beam
 import pandas as pd
-import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import RunInference
 
-from beam_pipelines.adapter_handler import AdapterModelHandler, cold_start_batches
-from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, check_input_columns, detect_format,
-                                         list_files, read_dead_letter, read_interactions, select, stable_bucket)
+from beam_pipelines.adapter_handler import AdapterModelHandler
+from beam_pipelines.interactions import (BATCH_ROWS, STAGE_TIME, CheckAndBucket, WriteDeadLetter,
+                                         check_input_columns, detect_format, list_files, read_dead_letter,
+                                         read_interactions, select, stable_bucket)
 from beam_pipelines.refresh_stages import PackBucket, WriteEmbeddings, by_bucket
 from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of, run_and_wait, run_tag,
                                    worker_pythonpath)
 from beam_pipelines.sinks import WriteShards, remove_temp
 from limaml_tf.artifacts import (AGGREGATIONS, COLD_START_KEY, DEAD_LETTER_DIR, EMBEDDINGS_DIR, SUCCESS_FILE,
-                                 atomic_directory, embeddings_table, read_adapter, read_embeddings, resolve_adapter)
+                                 atomic_directory, read_adapter, read_embeddings, resolve_adapter)
 from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import positive_int
 
@@ -66,20 +66,22 @@ def write_lines(texts, f) -> None:
 
 
 def serving_parts(serving_tasks: str | None, spec: FeatureSpec, num_buckets: int) -> list:
-    """--serving-tasks (Parquet: task key + optional meta features) as (bucket, rows) parts."""
-    if not serving_tasks:
-        return []
-    serving = pd.read_parquet(serving_tasks)
+    """--serving-tasks (Parquet: task key + optional meta features) as (bucket, rows) parts, with the
+    model's default row COLD_START_KEY (all features missing: what serving uses for a task never seen)."""
+    default = pd.DataFrame({spec.task_key: [COLD_START_KEY]})
+    serving = pd.read_parquet(serving_tasks) if serving_tasks else default
     if spec.task_key not in serving.columns:
         raise ValueError(f"--serving-tasks {serving_tasks!r} needs a {spec.task_key!r} column (the task key)")
     serving[spec.task_key] = serving[spec.task_key].astype(str)
+    if serving_tasks:
+        serving = pd.concat([serving[serving[spec.task_key] != COLD_START_KEY], default], ignore_index=True)
     return [(int(b), part) for b, part in serving.groupby(stable_bucket(serving[spec.task_key], num_buckets))]
 
 
 def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str, run_dir: str, as_of: float,
           days: float, max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
           serving_tasks: str | None = None, ignore_columns=(), tf_threads: int | None = None,
-          batch_rows: int = 65_536):
+          batch_rows: int = BATCH_ROWS):
     """Adds the refresh to pipeline `p` (writing under `run_dir`, through `beam_pipelines.sinks` only);
     returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller."""
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
@@ -104,16 +106,6 @@ def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str,
     return (written, dead_paths, manifest_paths) | "AllFiles" >> beam.Flatten()
 
 
-def write_default_row(run_dir: str, adapter: str, spec: FeatureSpec, model_version: str,
-                      computed_at: dt.datetime) -> None:
-    """The model's cold-start row (all features missing): what serving uses for a task never seen."""
-    handler = AdapterModelHandler(adapter, 1)
-    (batch,) = cold_start_batches(spec, pd.DataFrame({spec.task_key: [COLD_START_KEY]}), 1)
-    emb = handler.embed(handler.load_model(), batch)
-    pq.write_table(embeddings_table([COLD_START_KEY], emb, model_version, computed_at, "cold_start"),
-                   os.path.join(run_dir, EMBEDDINGS_DIR, "part-default.parquet"))
-
-
 def summarize(run_dir: str, rows: pd.DataFrame, adapter: str, config: dict, computed_at: dt.datetime,
               days: float, num_buckets: int) -> dict:
     """The run's summary (written as its SUCCESS_FILE) from what it wrote (`rows`: its embeddings)."""
@@ -133,7 +125,7 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
             tasks_per_batch: int = 128, aggregation: str | None = None, num_buckets: int = 0,
             input_format: str | None = None, serving_tasks: str | None = None, ignore_columns=(),
             online_store: str | None = "sqlite", store_dir: str | None = None, workers: int = 2,
-            tf_threads: int | None = None, beam_args=(), batch_rows: int = 65_536) -> dict:
+            tf_threads: int | None = None, beam_args=(), batch_rows: int = BATCH_ROWS) -> dict:
     """Runs the refresh; commits runs/<as_of>/ under `output` atomically, then publishes it to the
     Feast online store (`online_store`: "sqlite", "redis://host:port" or None). Returns the summary."""
     start = time.perf_counter()
@@ -156,18 +148,21 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
     run_dir = os.path.join(os.path.abspath(output), "runs", run_tag(as_of))
     worker_pythonpath()
     with atomic_directory(run_dir) as tmp:
-        os.makedirs(os.path.join(tmp, EMBEDDINGS_DIR))  # the driver writes part-default.parquet there too
         p = beam.Pipeline(options=beam_options(list(beam_args), workers))
         build(p, input=input, spec=spec, adapter=adapter, model_version=model_version, run_dir=tmp, as_of=as_of,
               days=days, max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
               input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
               tf_threads=tf_threads, batch_rows=batch_rows)
-        run_and_wait(p)
+        counters = run_and_wait(p)
         remove_temp(tmp)
-        write_default_row(tmp, adapter, spec, model_version, computed_at)
         rows = read_embeddings(tmp)
         summary = summarize(tmp, rows, adapter, config, computed_at, days, num_buckets)
         summary["pipeline_seconds"] = round(time.perf_counter() - start, 3)
+        # time each stage spent on its own work in the workers, summed over workers (the rest of the wall
+        # time: runner start-up, serialization, shuffles, the driver's steps)
+        summary["stage_seconds"] = {k.split("/")[1]: v / 1e6 for k, v in counters.items()
+                                    if k.startswith(STAGE_TIME + "/")}
+        summary["shuffle_bytes"] = counters.get("rows/shuffle_bytes", 0)
         check_complete(rows, os.path.join(tmp, MANIFEST_DIR))
         with open(os.path.join(tmp, SUCCESS_FILE), "w") as f:
             json.dump(summary, f, indent=1)

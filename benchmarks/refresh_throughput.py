@@ -1,17 +1,21 @@
 """Throughput of the meta-embedding refresh (tasks/s), Beam vs the adapter called directly, in one run.
 
 Synthetic interactions at MovieLens-1M scale (6,040 tasks, ~165 samples each) and larger task counts;
-adapter artifacts with k = 1 and k = 5 SGD steps. For each size and k:
+adapter artifacts with k SGD steps. For each size and k:
 
-  adapter only    the SavedModel's embed_tasks on ready tensors (the ceiling of this design)
-  direct          the same work in one process without Beam: read Parquet, check rows, keep the
-                  most recent N per task, pad, convert, call the adapter (time split by stage)
-  beam xW         the Beam pipeline (FnApiRunner, W worker processes, 1 TF thread each) to Parquet,
-                  wall time including worker start-up; "marginal" = extra time per extra task
-                  between two sizes (start-up cancels out)
+  adapter alone   the SavedModel's embed_tasks on ready tensors (the ceiling of this design)
+  no Beam         the same work in one process: read Parquet (Arrow), check rows, keep the most recent
+                  N per task, pad, convert, call the adapter (time split by stage)
+  Beam, W workers the Beam pipeline (FnApiRunner, W worker processes, 1 TF thread each) to Parquet,
+                  wall time including worker start-up; its workers' time per stage (Beam counters,
+                  summed over workers) and the bytes its shuffle carried
 
-Per core = tasks/s divided by the cores used (1 for adapter/direct/beam x1, W for beam xW).
-Run:  python -m benchmarks.refresh_throughput [--tasks 6040 60400] [--steps 1 5] [--growth-steps 1] [--workers 1 2]
+Where the rest goes: "no-op pipeline" = a Create -> Reshuffle -> Map pipeline on the same workers
+(process start and runner set-up only); "fixed cost" = the refresh of 200 tasks (start-up, pipeline
+construction, adapter load in each worker, commit); "marginal" = extra time per extra task between two
+sizes (start-up cancels out). Per core = tasks/s divided by the cores used (1 for adapter / no Beam /
+Beam x1, W for Beam xW).
+Run:  python -m benchmarks.refresh_throughput --tasks 6040 60400 --steps 1 --workers 1 2
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def make_data(num_tasks: int, directory: str, seed: int = 0, files: int = 4):
 
 def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samples: int, tasks_per_batch: int):
     """The refresh in one process without Beam: (tasks, seconds per stage, adapter-only seconds)."""
-    import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf
 
@@ -52,14 +56,15 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     adapter = tf.saved_model.load(adapter_path)
     t = {}
     start = time.perf_counter()
-    df = pd.concat([pq.read_table(p).to_pandas() for p in list_files(data_dir)], ignore_index=True)
+    table = pa.concat_tables([pq.read_table(p) for p in list_files(data_dir)])
     t["read"] = time.perf_counter() - start
     start = time.perf_counter()
-    ok, _ = check_rows(df, spec)
-    ok = ok[(ok[spec.timestamp] >= as_of - days * 86_400) & (ok[spec.timestamp] < as_of)]
+    ok, _ = check_rows(table, spec)
+    ts = ok.column(spec.timestamp).to_numpy()
+    ok = ok.filter(pa.array((ts >= as_of - days * 86_400) & (ts < as_of)))
     t["check"] = time.perf_counter() - start
     start = time.perf_counter()
-    tasks = recent_tasks(ok, spec, max_samples)
+    tasks = recent_tasks(ok.to_pandas(strings_to_categorical=True), spec, max_samples)
     t["group+pad"] = time.perf_counter() - start
     start = time.perf_counter()
     batches = []
@@ -75,13 +80,24 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     return len(tasks), t
 
 
+def noop_seconds(workers: int) -> float:
+    """Wall time of a pipeline that does nothing on `workers` workers: process start, runner set-up."""
+    import apache_beam as beam
+
+    from beam_pipelines.runner import beam_options, run_and_wait
+
+    start = time.perf_counter()
+    p = beam.Pipeline(options=beam_options([], workers))
+    _ = p | beam.Create(range(4 * workers)) | beam.Reshuffle() | beam.Map(abs)
+    run_and_wait(p)
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="refresh throughput: Beam vs adapter directly")
     p.add_argument("--tasks", type=int, nargs="+", default=[6040, 60400])
-    p.add_argument("--steps", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--steps", type=int, nargs="+", default=[1])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--growth-steps", type=int, nargs="+", default=[1], help="k measured beyond the first size")
-    p.add_argument("--beam-max-tasks", type=int, default=60400, help="skip Beam above this size (direct only)")
     p.add_argument("--max-samples", type=int, default=64)
     p.add_argument("--tasks-per-batch", type=int, default=256)
     p.add_argument("--workdir", default=None)
@@ -98,65 +114,85 @@ def main(argv=None) -> int:
 
     work = args.workdir or tempfile.mkdtemp(prefix="refresh-bench-")
     days, as_of = 60.0, 60 * 86_400.0 + 1
-    results = []
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (2-core machine shared with others)", flush=True)
     _, warm_spec = make_data(200, os.path.join(work, "data-warmup"))
     warm_adapter = export_adapter(build_models(warm_spec)[0], os.path.join(work, "adapter-warmup"))
+    fixed = {}
     for w in args.workers:  # first-run costs (imports, runner set-up) out of the measurements
-        refresh(os.path.join(work, "data-warmup"), warm_adapter, os.path.join(work, f"out-warmup-{w}"), as_of,
-                days=days, online_store=None, workers=w, tf_threads=1)
-    print(f"{'tasks':>8} {'k':>2} {'runner':<14} {'seconds':>8} {'tasks/s':>9} {'per core':>9}  notes", flush=True)
+        kw = dict(days=days, online_store=None, workers=w, tf_threads=1)
+        refresh(os.path.join(work, "data-warmup"), warm_adapter, os.path.join(work, f"out-warmup-{w}"), as_of, **kw)
+        fixed[w] = (noop_seconds(w), refresh(os.path.join(work, "data-warmup"), warm_adapter,
+                                             os.path.join(work, f"out-fixed-{w}"), as_of, **kw)["pipeline_seconds"])
+    results = []
     for n in args.tasks:
         data_dir = os.path.join(work, f"data-{n}")
         _, spec = make_data(n, data_dir)
         model, _ = build_models(spec)
-        for k in (args.steps if n == args.tasks[0] else args.growth_steps):
+        for k in args.steps:
             adapter = export_adapter(model, os.path.join(work, f"adapter-{n}-k{k}"), steps=k)
-
-            def report(runner, seconds, cores, note=""):
-                row = {"tasks": n, "k": k, "runner": runner, "seconds": round(seconds, 3),
-                       "tasks_per_s": round(n / seconds, 1), "per_core": round(n / seconds / cores, 1), "note": note}
-                results.append(row)
-                print(f"{n:>8} {k:>2} {runner:<14} {seconds:>8.2f} {row['tasks_per_s']:>9.0f} "
-                      f"{row['per_core']:>9.0f}  {note}", flush=True)
-
-            tasks, t = direct(adapter, data_dir, as_of, days, args.max_samples, args.tasks_per_batch)
-            report("adapter only", t["adapter"], 1)
-            report("direct", sum(t.values()), 1, " ".join(f"{s}={v:.2f}s" for s, v in t.items()))
-            if n > args.beam_max_tasks:
-                continue
+            row = dict(tasks=n, k=k, load=round(os.getloadavg()[0], 2))
+            tasks, row["direct"] = direct(adapter, data_dir, as_of, days, args.max_samples, args.tasks_per_batch)
             for w in args.workers:
                 try:
                     s = refresh(data_dir, adapter, os.path.join(work, f"out-{n}-k{k}-w{w}"), as_of, days=days,
                                 max_samples=args.max_samples, tasks_per_batch=args.tasks_per_batch,
                                 online_store=None, workers=w, tf_threads=1)
                 except RuntimeError as e:  # the completeness check refused the run's output
-                    print(f"{n:>8} {k:>2} beam x{w:<9} FAILED: {str(e)[:160]}", flush=True)
+                    print(f"{n} tasks, beam x{w} FAILED: {str(e)[:160]}", flush=True)
                     continue
                 assert s["adapted"] == tasks, (s["adapted"], tasks)
-                report(f"beam x{w}", s["pipeline_seconds"], w, f"buckets={s['num_buckets']}")
-    # marginal cost per task between the two smallest sizes (start-up cancels out)
-    sizes = sorted({r["tasks"] for r in results if r["runner"].startswith("beam")})
-    if len(sizes) >= 2:
-        a, b = sizes[:2]
-        print("\nmarginal (start-up excluded), tasks/s between", a, "and", b, "tasks:")
-        for r_b in (r for r in results if r["tasks"] == b):
-            r_a = next(r for r in results if r["tasks"] == a and r["k"] == r_b["k"] and r["runner"] == r_b["runner"])
-            cores = int(r_b["runner"].split("x")[1]) if r_b["runner"].startswith("beam") else 1
-            if r_b["seconds"] <= r_a["seconds"]:
-                continue
-            rate = (b - a) / (r_b["seconds"] - r_a["seconds"])
-            print(f"  k={r_b['k']} {r_b['runner']:<14} {rate:>9.0f} tasks/s  {rate / cores:>9.0f} per core")
-    print("\nratios (same size, same k): beam / adapter-only throughput")
-    for r in results:
-        if r["runner"].startswith("beam"):
-            ceiling = next(x for x in results if x["tasks"] == r["tasks"] and x["k"] == r["k"]
-                           and x["runner"] == "adapter only")
-            print(f"  {r['tasks']:>7} k={r['k']} {r['runner']:<8} {r['per_core'] / ceiling['per_core']:.2f} per core,"
-                  f" {r['tasks_per_s'] / ceiling['tasks_per_s']:.2f} total")
+                row[f"beam x{w}"] = {key: s[key] for key in ("pipeline_seconds", "stage_seconds", "shuffle_bytes",
+                                                          "num_buckets")}
+            results.append(row)
+            print_table(row, args.workers, fixed)
+    print_marginal(results, args.workers)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"fixed": fixed, "results": results}, f, indent=1)
     return 0
+
+
+def print_table(row: dict, workers, fixed: dict) -> None:
+    """The issue's table for one size: per-core throughput and its share of the adapter alone."""
+    n, d = row["tasks"], row["direct"]
+    ceiling = n / d["adapter"]
+    lines = [(f"adapter alone (the ceiling)", d["adapter"], 1),
+             ("no Beam: " + ", ".join(f"{s} {v:.1f} s" for s, v in d.items() if s != "adapter")
+              + f", adapter {d['adapter']:.1f} s", sum(d.values()), 1)]
+    lines += [(f"Beam, {w} worker{'s' * (w > 1)}", row[f"beam x{w}"]["pipeline_seconds"], w)
+              for w in workers if f"beam x{w}" in row]
+    print(f"\n| {n:,} tasks, k={row['k']} (load {row['load']}) | seconds | tasks/s per core | share of the adapter "
+          "alone |\n|---|---|---|---|")
+    one = None
+    for name, seconds, cores in lines:
+        rate = n / seconds / cores
+        note = ""
+        if name.startswith("Beam"):
+            one = one or n / seconds
+            note = f" ({n / seconds:,.0f} total = {n / seconds / one:.2f}x one worker)" if cores > 1 else ""
+        print(f"| {name} | {seconds:.2f} | {rate:,.0f}{note} | {rate / ceiling:.0%} |")
+    for w in workers:
+        b = row.get(f"beam x{w}")
+        if b:
+            st = b["stage_seconds"]
+            print(f"  Beam x{w}: wall {b['pipeline_seconds']:.1f} s; in the workers (summed over {w}): "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in st.items())
+                  + f" = {sum(st.values()):.1f} s ({sum(st.values()) / w:.1f} s per worker); shuffle "
+                  f"{b['shuffle_bytes'] / 2**20:.0f} MiB in {b['num_buckets']} buckets; no-op pipeline "
+                  f"{fixed[w][0]:.1f} s, fixed cost (200 tasks) {fixed[w][1]:.1f} s", flush=True)
+
+
+def print_marginal(results, workers) -> None:
+    """Tasks/s between the two smallest sizes (start-up cancels out)."""
+    if len(results) < 2:
+        return
+    a, b = results[:2]
+    print(f"\nmarginal (start-up excluded), between {a['tasks']:,} and {b['tasks']:,} tasks:")
+    for w in workers:
+        key = f"beam x{w}"
+        if key in a and key in b and b[key]["pipeline_seconds"] > a[key]["pipeline_seconds"]:
+            rate = (b["tasks"] - a["tasks"]) / (b[key]["pipeline_seconds"] - a[key]["pipeline_seconds"])
+            print(f"  {key}: {rate:,.0f} tasks/s, {rate / w:,.0f} per core", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,23 +78,34 @@ def check_saved_version(saved: str | None, what: str) -> None:
                             "with this version")
 
 
+def recent_order(codes: np.ndarray, t: np.ndarray, max_samples_per_task: int | None) -> np.ndarray:
+    """Row positions sorted by (task code, time, row), keeping each task's last `max_samples_per_task`
+    (None: all): one lexsort and offsets from the per-task counts, no per-task work."""
+    rows = np.lexsort((np.arange(len(codes)), t, codes))
+    if max_samples_per_task:
+        task = codes[rows]
+        ends = np.cumsum(np.bincount(task))
+        rows = rows[ends[task] - np.arange(len(task)) <= max_samples_per_task]
+    return rows
+
+
 def _recent_rows(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None):
     """Each task's most recent `max_samples_per_task` rows (None: all), sorted by (task, time), ties in
     row order: (their row positions, their task index, the task keys sorted, their times in seconds).
-    One lexsort on integer codes of the keys (the order of the strings) and offsets from the per-task
-    counts: no per-task or per-group pandas work."""
+    Integer codes of the keys in the order of the strings (a categorical key column: its codes, no
+    string per row), then `recent_order`."""
     ts = df[spec.timestamp]
     if pd.api.types.is_datetime64_any_dtype(ts):
         ts = ts.astype("int64") / 1e9
-    codes, keys = pd.factorize(df[spec.task_key].astype(str), sort=True)
+    key = df[spec.task_key]
+    if isinstance(key.dtype, pd.CategoricalDtype) and key.cat.categories.dtype == object:
+        key = key.cat.reorder_categories(sorted(key.cat.categories))  # factorize(sort=True): category order
+    else:
+        key = key.astype(str)
+    codes, keys = pd.factorize(key, sort=True)
     t = ts.to_numpy(dtype="float64")
-    rows = np.lexsort((np.arange(len(df)), t, codes))
-    task = codes[rows]
-    if max_samples_per_task:
-        ends = np.cumsum(np.bincount(task, minlength=len(keys)))
-        keep = ends[task] - np.arange(len(task)) <= max_samples_per_task
-        rows, task = rows[keep], task[keep]
-    return rows, task, np.asarray(keys, dtype=object), t[rows]
+    rows = recent_order(codes, t, max_samples_per_task)
+    return rows, codes[rows], np.asarray(keys, dtype=object), t[rows]
 
 
 def keep_most_recent(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int | None) -> pd.DataFrame:
@@ -260,7 +271,7 @@ def recent_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int)
     kept = np.bincount(task, minlength=len(keys))
     slot = np.arange(n)
     src = (np.cumsum(kept) - kept)[:, None] + np.minimum(slot, np.maximum(kept - 1, 0)[:, None])
-    picked = pd.DataFrame({c: df[c].to_numpy()[rows] for c in [f.name for f in spec.features] + [spec.label]})
+    picked = pd.DataFrame({c: df[c].array.take(rows) for c in [f.name for f in spec.features] + [spec.label]})
     return TaskSet(spec, {"task_key": keys, "support": {f: v[src] for f, v in spec.raw_arrays(picked).items()},
                           "support_label": picked[spec.label].to_numpy(np.float32)[src],
                           "support_mask": (slot < kept[:, None]).astype(np.float32), "support_time": t[src]})

@@ -61,20 +61,29 @@ def test_prebatched_equals_the_model(adapter):
     handler = AdapterModelHandler(path, T)
     loaded = handler.load_model()
     results = [r for b in adapted_batches(tasks, T) for r in handler.run_inference(b, loaded)]
-    assert [r.example for r in results] == [(0, ADAPTED, k) for k in tasks.task_keys]
-    got = np.stack([r.inference for r in results])
+    assert len(results) == -(-len(tasks) // T)  # one result per TaskBatch
+    assert {r.example[:2] for r in results} == {(0, ADAPTED)}
+    assert list(np.concatenate([r.example[2] for r in results])) == list(tasks.task_keys)
+    got = np.concatenate([r.inference for r in results])
     a = tasks.arrays
     last = a["support_mask"].sum(1).astype(int) - 1
     support = model.encode_samples({n: tf.constant(v) for n, v in a["support"].items()}, a["support_mask"].shape)
     latest = model.encoder({n: tf.constant(v[np.arange(len(v)), last]) for n, v in a["support"].items()})
     want = model.meta_embeddings(support, a["support_label"], a["support_mask"], latest, 2, 0.3).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    cold = handler.run_inference(next(cold_start_batches(spec, _frame(tasks, 3), T)), loaded)
-    assert [r.example[1] for r in cold] == [COLD] * 3
+    (cold,) = handler.run_inference(next(cold_start_batches(spec, _frame(tasks, 3), T)), loaded)
+    assert cold.example[1] == COLD and len(cold.example[2]) == 3
     # cold start = the un-adapted meta block on the defaults (training mean, missing id)
     defaults = {k: tf.constant(v) for k, v in default_features(spec, 3).items()}
-    np.testing.assert_allclose(np.stack([r.inference for r in cold]), model.embed(model.encoder(defaults)).numpy(),
+    np.testing.assert_allclose(cold.inference, model.embed(model.encoder(defaults)).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def per_task(results):
+    """((bucket, kind, key), embedding) of each task of the handler's per-batch results."""
+    for r in results if not hasattr(results, "example") else [results]:
+        (bucket, kind, keys), emb = r.example, r.inference
+        yield from (((bucket, kind, str(k)), e) for k, e in zip(keys, emb))
 
 
 def test_single_tasks_through_batch_elements_equal_the_prebatched_run(adapter):
@@ -84,7 +93,7 @@ def test_single_tasks_through_batch_elements_equal_the_prebatched_run(adapter):
     handler = AdapterModelHandler(path, T)
     loaded = handler.load_model()
     prebatched = list(adapted_batches(tasks, T)) + list(cold_start_batches(spec, _frame(tasks, 5), T))
-    want = {r.example: r.inference for b in prebatched for r in handler.run_inference(b, loaded)}
+    want = dict(per_task(r for b in prebatched for r in handler.run_inference(b, loaded)))
     examples = [e for b in prebatched for e in b]
 
     def check(results):
@@ -96,5 +105,5 @@ def test_single_tasks_through_batch_elements_equal_the_prebatched_run(adapter):
     with beam.Pipeline(options=beam_options([], workers=1)) as p:
         results = (p | beam.Create(examples)
                    | RunInference(AdapterModelHandler(path, T, prebatched=False))
-                   | beam.Map(lambda r: (r.example, r.inference)))
+                   | beam.FlatMap(per_task))
         assert_that(results, check)

@@ -129,8 +129,8 @@ after_load = keras_modules()
 tasks = recent_tasks(df, spec, 6)
 results = [r for b in adapted_batches(tasks, 8) for r in handler.run_inference(b, model)]
 cold = handler.run_inference(next(cold_start_batches(spec, df.drop_duplicates(spec.task_key).head(3), 8)), model)
-np.savez(out_path, keys=np.array([r.example[2] for r in results]), emb=np.stack([r.inference for r in results]),
-         cold=np.stack([r.inference for r in cold]))
+np.savez(out_path, keys=np.concatenate([r.example[2] for r in results]).astype(str),
+         emb=np.concatenate([r.inference for r in results]), cold=np.concatenate([r.inference for r in cold]))
 print(json.dumps({"keras_after_import_tf": len(after_tf), "keras_top_level": "keras" in after_tf,
                   "new_keras_on_load": sorted(set(after_load) - set(after_tf)),
                   "model": [m for m in ("limaml_tf.model", "limaml_tf.features", "limaml_tf.export") if m in sys.modules]}))
