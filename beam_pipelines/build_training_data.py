@@ -27,7 +27,7 @@ from beam_pipelines.sinks import remove_temp
 from limaml_tf.artifacts import DEAD_LETTER_DIR, SUCCESS_FILE, atomic_directory, read_spec
 from limaml_tf.spec import FeatureError, FeatureSpec
 from limaml_tf.tasks import split_tasks
-from limaml_tf.tfrecords import task_example, write_meta
+from limaml_tf.tfrecords import check_one_definition, task_example, write_meta
 
 
 def parse_join(text: str) -> tuple[str, str]:
@@ -80,6 +80,7 @@ def build_training_data(input: str, spec: FeatureSpec | str, output: str, max_sa
                         ignore_columns=(), workers: int = 2, beam_args=()) -> dict:
     """Runs the pipeline; `output` gets tasks-*.tfrecord + tasks_meta.json (+ dead_letter/), atomically."""
     spec = read_spec(spec) if isinstance(spec, str) else spec
+    check_one_definition(spec)
     tables = [(pd.read_parquet(path), key) for path, key in map(parse_join, joins)]
     num_buckets = num_buckets or auto_buckets(input)
     start = None if start is None else parse_as_of(start, "--start")
