@@ -9,8 +9,9 @@
 (b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
     gradients summed) at 64 and 256 tasks;
 (c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process),
-    and tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global batch 2x)
-    vs 1 such process (batch 1x);
+    and steady-state tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global
+    batch 2x) vs 1 (batch 1x) vs 2 training apart without communication (the machine's ceiling), alternating
+    in the same two processes, at several tasks per worker per step (--pinned-batches);
 (e) an op-level profile (tf.profiler trace, ms per op type) of the step per configuration;
 (d) peak memory of a training step (resident-set growth over two steps of a fresh process, after the
     step was traced and run twice and freed memory returned to the system) for n = 1..5 and 32 / 128 /
@@ -368,9 +369,11 @@ def _free_port() -> int:
 
 def _pinned_phases(tasks, a) -> dict:
     """In a pinned worker of a 2-worker cluster: `a.repeats` times, worker 0 trains a plain (not distributed)
-    copy of the model alone while worker 1 waits, then both train the MultiWorkerMirroredStrategy model;
-    steady tasks/s of each phase, measured by worker 0. Alternating within the same processes puts the two
-    settings under the same machine load."""
+    copy of the model alone while worker 1 waits, then both train the MultiWorkerMirroredStrategy model,
+    then both train their plain copy at once without communicating (the ceiling the machine allows: on a
+    shared machine two busy cores get less than twice one). Steady tasks/s of each phase, measured by
+    worker 0 (the last one summed over both). Alternating within the same processes puts the settings
+    under the same machine load."""
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -382,13 +385,18 @@ def _pinned_phases(tasks, a) -> dict:
     def barrier():
         strategy.reduce("SUM", strategy.run(lambda: tf.ones([])), axis=None).numpy()
 
-    out = {"1": [], "2": [], "load": []}
+    def total(rate):  # summed over the workers
+        return float(strategy.reduce("SUM", strategy.run(lambda: tf.constant(rate)), axis=None))
+
+    out = {"1": [], "2": [], "2 apart": [], "load": []}
     for _ in range(a.repeats):
         barrier()
         if chief:
             out["1"].append(steady_tasks_per_s(alone, tf.distribute.get_strategy(), tasks, a.batch, a.steps))
         barrier()
         out["2"].append(steady_tasks_per_s(model, strategy, tasks, a.batch, a.steps, a.global_input))
+        barrier()  # the ceiling: both train a plain model at once, no communication
+        out["2 apart"].append(total(steady_tasks_per_s(alone, tf.distribute.get_strategy(), tasks, a.batch, a.steps)))
         out["load"].append(os.getloadavg()[0])
     return out
 
@@ -422,10 +430,12 @@ def bench_replicas(args) -> dict:
     for batch in args.pinned_batches:
         got = _pinned_workers(batch, args)
         ratios = [two / one for one, two in zip(got["1"], got["2"])]
+        ceiling = [apart / one for one, apart in zip(got["1"], got["2 apart"])]
         print(f"    {batch:>4} tasks per worker per step: 1 worker {np.median(got['1']):.0f} tasks/s, 2 workers "
               f"{np.median(got['2']):.0f} tasks/s -> {np.median(ratios):.2f}x (per alternation: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)}; load average {min(got['load']):.1f}-{max(got['load']):.1f})",
-              flush=True)
+              f"{', '.join(f'{r:.2f}' for r in ratios)}); 2 workers apart, no communication: "
+              f"{np.median(ceiling):.2f}x ({', '.join(f'{r:.2f}' for r in ceiling)}); load average "
+              f"{min(got['load']):.1f}-{max(got['load']):.1f}", flush=True)
         out[f"pinned {batch}"] = got
     return out
 
