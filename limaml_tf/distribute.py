@@ -86,10 +86,13 @@ def apply_summed_gradients(optimizer, grads, variables):
     all-reduce them again (`_all_reduce_sum_gradients` of its TensorFlow backend): this optimizer's is made
     the identity, for good (replicas of one process trace concurrently; without a strategy it is the identity
     anyway). Its clip, if any, then clips the global gradient."""
-    if not hasattr(optimizer, "_all_reduce_sum_gradients"):
-        raise NotImplementedError(f"{type(optimizer).__name__} under a tf.distribute strategy: only Keras' "
+    inner = optimizer
+    while hasattr(inner, "inner_optimizer"):  # a LossScaleOptimizer applies through its inner optimizer
+        inner = inner.inner_optimizer
+    if not hasattr(inner, "_all_reduce_sum_gradients"):
+        raise NotImplementedError(f"{type(inner).__name__} under a tf.distribute strategy: only Keras' "
                                   "TensorFlow-backend optimizers are supported")
-    object.__setattr__(optimizer, "_all_reduce_sum_gradients", list)  # (Keras' __setattr__ would track it)
+    object.__setattr__(inner, "_all_reduce_sum_gradients", list)  # (Keras' __setattr__ would track it)
     optimizer.apply_gradients(zip(grads, variables))
 
 
