@@ -9,8 +9,9 @@
 (b) the vectorized inner loop vs a per-task loop (one compiled single-task step called per task,
     gradients summed) at 64 and 256 tasks;
 (c) training steps/s with 1 vs 2 replicas (MirroredStrategy over 2 logical CPU devices, fresh process),
-    and tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global batch 2x)
-    vs 1 such process (batch 1x);
+    and steady-state tasks/s of 2 worker processes pinned to a core each (MultiWorkerMirroredStrategy, global
+    batch 2x) vs 1 (batch 1x) vs 2 training apart without communication (the machine's ceiling), alternating
+    in the same two processes, at several tasks per worker per step (--pinned-batches);
 (e) an op-level profile (tf.profiler trace, ms per op type) of the step per configuration;
 (d) peak memory of a training step (resident-set growth over two steps of a fresh process, after the
     step was traced and run twice and freed memory returned to the system) for n = 1..5 and 32 / 128 /
@@ -259,8 +260,12 @@ def _worker(argv):
     p.add_argument("--estimate", action="store_true", help="also the step_memory estimate (2 more traces)")
     p.add_argument("--tasks", type=int, default=6040)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--pin", type=int, help="pinned to this core, 1 TF thread; MultiWorkerMirroredStrategy "
-                                           "when TF_CONFIG is set: tasks/s of fit")
+    p.add_argument("--batch", type=int, default=TASKS_PER_BATCH, help="tasks per worker per step (--pin)")
+    p.add_argument("--global-input", action="store_true", help="--pin: every worker reads the global batches "
+                                                               "and keeps its share (tf.data DATA auto-shard)")
+    p.add_argument("--pin", type=int, help="pinned to this core, 1 TF thread, TF_CONFIG of 2 workers: tasks/s "
+                                           "of fit, worker 0 alone vs both (MultiWorkerMirroredStrategy)")
+    p.add_argument("--repeats", type=int, default=3, help="--pin: alternations of the two phases")
     a = p.parse_args(argv)
     if a.pin is not None:
         os.sched_setaffinity(0, {a.pin})  # before TensorFlow starts its thread pools
@@ -274,16 +279,7 @@ def _worker(argv):
     if a.pin is not None:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        strategy = tf.distribute.MultiWorkerMirroredStrategy() if "TF_CONFIG" in os.environ else \
-            tf.distribute.get_strategy()
-        workers = strategy.num_replicas_in_sync
-        with strategy.scope():
-            model = build("limaml", tasks.spec, 1, False)
-        ds = tasks.dataset(TASKS_PER_BATCH * workers, repeat=True)  # global batch: 32 tasks per worker
-        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
-        start = time.perf_counter()
-        model.fit(ds, epochs=1, steps_per_epoch=a.steps, verbose=0)
-        print(json.dumps({"tasks_per_s": a.steps * TASKS_PER_BATCH * workers / (time.perf_counter() - start)}))
+        print(json.dumps(_pinned_phases(tasks, a)))
         return
     if a.replicas:
         strategies = {1: tf.distribute.get_strategy(), 2: tf.distribute.MirroredStrategy(logical_cpus(2))}
@@ -327,6 +323,30 @@ def _worker(argv):
     print(json.dumps(out))
 
 
+def steady_tasks_per_s(model, strategy, tasks, batch: int, steps: int, global_input: bool = False) -> float:
+    """Tasks/s of `fit` with `batch` tasks per worker per step, in steady state: from the end of the 3rd
+    step to the end of the last (excludes tracing and the set-up of fit and its input iterator).
+
+    Each worker reads its own shard of the tasks (`distribute_datasets_from_function`: one input pipeline
+    per worker, what file sharding gives at scale); `global_input`: every worker reads the global batches
+    and keeps its share (tf.data's DATA auto-shard of an in-memory dataset: each worker does the whole
+    input work)."""
+    import keras
+    import tensorflow as tf
+
+    workers = strategy.num_replicas_in_sync
+    if workers == 1 or global_input:
+        ds = tasks.dataset(batch * workers, repeat=True)
+    else:
+        ds = strategy.distribute_datasets_from_function(
+            lambda ctx: tasks.subset(slice(ctx.input_pipeline_id, None, ctx.num_input_pipelines)).dataset(
+                ctx.get_per_replica_batch_size(batch * workers), repeat=True))
+    ends = []
+    clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: ends.append(time.perf_counter()))
+    model.fit(ds, epochs=1, steps_per_epoch=steps + 3, verbose=0, callbacks=[clock])
+    return (len(ends) - 3) * batch * workers / (ends[-1] - ends[2])
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -347,24 +367,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pinned_workers(count: int, args) -> float:
-    """tasks/s of `count` worker processes pinned to cores 0..count-1 (MultiWorkerMirroredStrategy on
-    loopback when count > 1), as measured by worker 0."""
+def _pinned_phases(tasks, a) -> dict:
+    """In a pinned worker of a 2-worker cluster: `a.repeats` times, worker 0 trains a plain (not distributed)
+    copy of the model alone while worker 1 waits, then both train the MultiWorkerMirroredStrategy model,
+    then both train their plain copy at once without communicating (the ceiling the machine allows: on a
+    shared machine two busy cores get less than twice one). Steady tasks/s of each phase, measured by
+    worker 0 (the last one summed over both). Alternating within the same processes puts the settings
+    under the same machine load."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build("limaml", tasks.spec, 1, False)
+    alone = build("limaml", tasks.spec, 1, False)
+    chief = strategy.cluster_resolver.task_id == 0
+
+    def barrier():
+        strategy.reduce("SUM", strategy.run(lambda: tf.ones([])), axis=None).numpy()
+
+    def total(rate):  # summed over the workers
+        return float(strategy.reduce("SUM", strategy.run(lambda: tf.constant(rate)), axis=None))
+
+    out = {"1": [], "2": [], "2 apart": [], "load": []}
+    for _ in range(a.repeats):
+        barrier()
+        if chief:
+            out["1"].append(steady_tasks_per_s(alone, tf.distribute.get_strategy(), tasks, a.batch, a.steps))
+        barrier()
+        out["2"].append(steady_tasks_per_s(model, strategy, tasks, a.batch, a.steps, a.global_input))
+        barrier()  # the ceiling: both train a plain model at once, no communication
+        out["2 apart"].append(total(steady_tasks_per_s(alone, tf.distribute.get_strategy(), tasks, a.batch, a.steps)))
+        out["load"].append(os.getloadavg()[0])
+    return out
+
+
+def _pinned_workers(batch: int, args) -> dict:
+    """Tasks/s of 1 and of 2 worker processes pinned to a core each (see `_pinned_phases`)."""
     from limaml_tf.training import multi_worker_config
 
-    ports = [_free_port() for _ in range(count)]
+    ports = [_free_port() for _ in range(2)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    procs = []
-    for i in range(count):
-        worker_env = {**env, **({"TF_CONFIG": multi_worker_config(ports, i)} if count > 1 else {})}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.training_speed", "--worker", "--pin", str(i), "--tasks",
-             str(args.replica_tasks), "--steps", str(args.steps * 3)],
-            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.training_speed", "--worker", "--pin", str(i), "--tasks",
+         str(args.replica_tasks), "--steps", str(args.pinned_steps), "--batch", str(batch),
+         "--repeats", str(args.pinned_repeats)],
+        env={**env, "TF_CONFIG": multi_worker_config(ports, i)}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True) for i in range(2)]
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a pinned worker failed (exit codes {[p.returncode for p in procs]})")
-    return json.loads(outs[0].strip().splitlines()[-1])["tasks_per_s"]
+    return json.loads(outs[0].strip().splitlines()[-1])
 
 
 def bench_replicas(args) -> dict:
@@ -372,14 +424,20 @@ def bench_replicas(args) -> dict:
     print(f"\n(c) LiMAML n=1 fit on synthetic ML-1M-scale tasks, {TASKS_PER_BATCH} tasks per global batch: "
           f"1 replica {steps['1']:.2f} steps/s, 2 replicas (MirroredStrategy, 2 logical CPUs in one process) "
           f"{steps['2']:.2f} steps/s -> {steps['2'] / steps['1']:.2f}x")
-    pinned = {1: [], 2: []}
-    for count in (1, 2) * args.pinned_repeats:  # interleaved
-        pinned[count].append(_pinned_workers(count, args))
-    one, two = (float(np.median(pinned[c])) for c in (1, 2))
-    print(f"    pinned worker processes, 1 core and 1 TF thread each, {TASKS_PER_BATCH} tasks per worker per step: "
-          f"1 worker {one:.0f} tasks/s, 2 workers (MultiWorkerMirroredStrategy, loopback) {two:.0f} tasks/s "
-          f"-> {two / one:.2f}x")
-    return {**steps, "pinned tasks/s": {1: one, 2: two}}
+    print("    worker processes pinned to a core each, 1 TF thread; worker 0 alone (a plain model) vs both "
+          "(MultiWorkerMirroredStrategy, loopback), alternating; tasks/s of fit in steady state")
+    out = {"replicas steps/s": steps}
+    for batch in args.pinned_batches:
+        got = _pinned_workers(batch, args)
+        ratios = [two / one for one, two in zip(got["1"], got["2"])]
+        ceiling = [apart / one for one, apart in zip(got["1"], got["2 apart"])]
+        print(f"    {batch:>4} tasks per worker per step: 1 worker {np.median(got['1']):.0f} tasks/s, 2 workers "
+              f"{np.median(got['2']):.0f} tasks/s -> {np.median(ratios):.2f}x (per alternation: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}); 2 workers apart, no communication: "
+              f"{np.median(ceiling):.2f}x ({', '.join(f'{r:.2f}' for r in ceiling)}); load average "
+              f"{min(got['load']):.1f}-{max(got['load']):.1f}", flush=True)
+        out[f"pinned {batch}"] = got
+    return out
 
 
 def bench_memory(args) -> dict:
@@ -426,7 +484,10 @@ def main(argv=None):
     p.add_argument("--only", default="abcde", help="which parts to run, e.g. 'ab'")
     p.add_argument("--top-ops", type=int, default=6, help="op types shown per configuration in (e)")
     p.add_argument("--memory-budget", default="256MB", help="the max_tasks_per_chunk budget shown in (d)")
-    p.add_argument("--pinned-repeats", type=int, default=2, help="runs of 1 and of 2 pinned workers in (c)")
+    p.add_argument("--pinned-repeats", type=int, default=3, help="alternations of 1 and 2 pinned workers in (c)")
+    p.add_argument("--pinned-steps", type=int, default=20, help="timed steps per phase in (c)")
+    p.add_argument("--pinned-batches", type=int, nargs="+", default=[32, 128, 256],
+                   help="tasks per worker per step in (c)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     args.inner_steps = [1, 5] if args.quick else [1, 2, 3, 4, 5]

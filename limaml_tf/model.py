@@ -425,8 +425,13 @@ class LiMAMLModel(keras.Model):
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
         loss, grads, q_logits, encoded = self.compute_gradients(bundle)
-        grads = distribute.clip_global_gradient(self.optimizer, grads)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        variables = self.trainable_variables
+        context = distribute.replica_context()
+        if context is None:
+            self.optimizer.apply_gradients(zip(grads, variables))
+        else:
+            grads = distribute.all_reduce_gradients(context, grads, variables)
+            distribute.apply_summed_gradients(self.optimizer, grads, variables)
         return self._logs(loss, encoded, q_logits)
 
     # -- evaluation ----------------------------------------------------------------

@@ -38,14 +38,18 @@ def main(argv=None):
     p.add_argument("--init", required=True, help="initial weights <init>_<model>.npz (written if absent)")
     p.add_argument("--out", required=True, help="weights after training -> <out>_<model>.npz")
     p.add_argument("--clipnorm", type=float, default=0.05)
+    p.add_argument("--dense-exchange-values", type=int, help="distribute.DENSE_EXCHANGE_VALUES (0: every "
+                                                              "sparse gradient all-gathered)")
     args = p.parse_args(argv)
 
     import numpy as np
     import tensorflow as tf
 
-    from limaml_tf import LiMAMLModel, MLPGlobalBlock, MLPMetaBlock, VanillaModel
+    from limaml_tf import LiMAMLModel, MLPGlobalBlock, MLPMetaBlock, VanillaModel, distribute
     from limaml_tf.training import is_chief, logical_cpus, make_optimizer
 
+    if args.dense_exchange_values is not None:
+        distribute.DENSE_EXCHANGE_VALUES = args.dense_exchange_values
     if args.mode == "mirrored":
         strategy = tf.distribute.MirroredStrategy(logical_cpus(2))
     elif args.mode == "worker":
