@@ -15,6 +15,7 @@ Run:  python -m benchmarks.refresh_scale --tasks 60400 604000 [--runner dask]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -38,12 +39,12 @@ def write_input(work: str, files: int, seed: int = 0) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from benchmarks.refresh_throughput import ML1M_SHAPE
     from limaml_tf.cli.demo import build_models
     from limaml_tf.export import export_adapter
     from limaml_tf.synthetic import make_synthetic
 
-    df, spec = make_synthetic(num_tasks=CHUNK_TASKS, num_items=3_700, mean_samples_per_task=165.0, days=60.0,
-                              seed=seed)
+    df, spec = make_synthetic(num_tasks=CHUNK_TASKS, seed=seed, **ML1M_SHAPE)
     spec = spec.fit(df)
     chunk = pa.Table.from_pandas(df, preserve_index=False)
     directory = os.path.join(work, "input")
@@ -126,6 +127,7 @@ def main(argv=None) -> int:
 
     from beam_pipelines.refresh_embeddings import refresh
     from beam_pipelines.runner import worker_pythonpath
+    from benchmarks.refresh_stress import dask_cluster
 
     worker_pythonpath()
     days, as_of = 60.0, 60 * 86_400.0 + 1
@@ -140,26 +142,18 @@ def main(argv=None) -> int:
                 os.symlink(os.path.join(work, "input", f"part-{i:05d}.parquet"), link)
         poller = RssPoller()
         poller.start()
-        cluster, beam_args = None, []
-        if args.runner == "dask":
-            import distributed
-
-            cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, memory_limit=0)
-            beam_args = ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"]
-        start, s, refused = time.perf_counter(), {}, None
-        try:
-            s = refresh(data, adapter, os.path.join(work, f"out-{args.runner}-{n}"), as_of, days=days,
-                        max_samples=args.max_samples, tasks_per_batch=args.tasks_per_batch, online_store=None,
-                        workers=args.workers, tf_threads=1, beam_args=beam_args)
-            assert s["adapted"] == n, (s["adapted"], n)
-        except RuntimeError as e:  # the completeness check refused the run's output
-            refused = str(e)[:300]
-        finally:
+        cluster = dask_cluster(args.workers, memory_limit=0) if args.runner == "dask" else contextlib.nullcontext([])
+        with cluster as beam_args:
+            start, s, refused = time.perf_counter(), {}, None
+            try:
+                s = refresh(data, adapter, os.path.join(work, f"out-{args.runner}-{n}"), as_of, days=days,
+                            max_samples=args.max_samples, tasks_per_batch=args.tasks_per_batch, online_store=None,
+                            workers=args.workers, tf_threads=1, beam_args=beam_args)
+                assert s["adapted"] == n, (s["adapted"], n)
+            except RuntimeError as e:  # the completeness check refused the run's output
+                refused = str(e)[:300]
             seconds = time.perf_counter() - start
-            if cluster is not None:
-                cluster.close()
-            memory = poller.report()
+        memory = poller.report()
         row = {"tasks": n, "rows": f * chunk_rows, "seconds": round(seconds, 1), "refused": refused,
                "ms_per_task": round(1e3 * seconds / n, 3), "num_buckets": s.get("num_buckets"),
                "shuffle_mib": round(s.get("shuffle_bytes", 0) / 2 ** 20), "stage_seconds": s.get("stage_seconds"),

@@ -148,12 +148,14 @@ class FlakyPackBucket(PackBucket):
 
 
 @contextlib.contextmanager
-def dask_cluster(workers: int):
+def dask_cluster(workers: int, **options):
+    """A local Dask cluster of `workers` single-thread processes (`options`: more LocalCluster arguments, e.g.
+    memory_limit=0); yields the Beam arguments that run a pipeline on it."""
     import distributed
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  env={"PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"}) as cluster:
+                                  env={"PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"}, **options) as cluster:
         yield ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"]
 
 

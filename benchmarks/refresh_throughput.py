@@ -30,11 +30,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+ML1M_SHAPE = {"num_items": 3_700, "mean_samples_per_task": 165.0, "days": 60.0}  # make_synthetic: ML-1M-like tasks
+
+
 def make_data(num_tasks: int, directory: str, seed: int = 0, files: int = 4):
     from limaml_tf.synthetic import make_synthetic
 
-    df, spec = make_synthetic(num_tasks=num_tasks, num_items=3_700, mean_samples_per_task=165.0, days=60.0,
-                              seed=seed)
+    df, spec = make_synthetic(num_tasks=num_tasks, seed=seed, **ML1M_SHAPE)
     os.makedirs(directory, exist_ok=True)
     step = -(-len(df) // files)
     for i in range(files):
