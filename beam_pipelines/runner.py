@@ -106,10 +106,36 @@ def _environ(**values):
                 os.environ[k] = v
 
 
+def fix_fnapi_flush_race() -> None:
+    """Makes Beam's time-flushed data-plane stream lock its writes against its flusher thread.
+
+    Beam 2.77's `TimeBasedBufferingClosableOutputStream.flush` (run every second by a PeriodicThread)
+    takes the stream's bytes, hands them to the send queue and then clears the buffer; `write` takes no
+    lock. FnApiRunner's gRPC data servicer uses this stream (DATA_BUFFER_TIME_LIMIT_MS = 1000) for
+    every input it sends to worker processes, so while the hand-off waits on the full 100 MiB send
+    queue the driver thread keeps writing 10 MiB chunks of GroupByKey output, and the clear drops them:
+    whole chunks of a stage's input vanish without an error (multi_processing and multi_threading
+    modes; in_memory does not use this stream). With writes under the flush lock nothing is dropped.
+    Idempotent; applied by `run_and_wait` (the driver is where these streams live)."""
+    from apache_beam.runners.worker import data_plane
+
+    stream = data_plane.TimeBasedBufferingClosableOutputStream
+    if getattr(stream.write, "locked_against_flush", False):
+        return
+
+    def write(self, b, nested=False):
+        with self._flush_lock:
+            data_plane.SizeBasedBufferingClosableOutputStream.write(self, b, nested)
+
+    write.locked_against_flush = True
+    stream.write = write
+
+
 def run_and_wait(p: beam.Pipeline) -> dict:
     """Runs `p` to completion (raising its error); closes the client DaskRunner opens, which would
     otherwise linger and keep reconnecting to a closed cluster. Returns the run's Beam counters as
     {"namespace/name": value} (summed over steps; {} where the runner has no metrics, e.g. Dask)."""
+    fix_fnapi_flush_race()
     with _environ(**WORKER_ENV):  # read by the worker processes p.run() starts
         result = p.run()
     result.wait_until_finish()
