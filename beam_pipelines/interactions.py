@@ -20,9 +20,11 @@ the dead letter is written through `beam_pipelines.sinks` (committed exactly onc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
+import uuid
 import zlib
 
 import apache_beam as beam
@@ -31,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.sinks import WriteShards
@@ -121,8 +124,25 @@ def to_ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def from_ipc(data: bytes) -> pa.Table:
+def from_ipc(data: bytes | str) -> pa.Table:
+    """An Arrow table from IPC bytes, or from the file `spill_part` wrote them to (given its path)."""
+    if isinstance(data, str):
+        with FileSystems.open(data, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
     return pa.ipc.open_stream(data).read_all()
+
+
+def spill_part(data: bytes, directory: str, bucket: int, source: str) -> str:
+    """Writes one shuffled part (IPC bytes) to a file of its own under `directory` and returns its path:
+    with a spilled shuffle only paths cross the runner's GroupByKey (FnApiRunner holds a GroupByKey's
+    whole input in the driver's memory). The name is unique to the attempt, so a retried or duplicated
+    bundle never overwrites a file that another attempt's element points to; a failed attempt's file is
+    never pointed to, and the whole directory is deleted after the run."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:16]
+    path = FileSystems.join(directory, f"b{bucket:05d}", f"{digest}-{uuid.uuid4().hex[:12]}.arrow")
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+    return path
 
 
 # -- reading ------------------------------------------------------------------
@@ -391,7 +411,8 @@ def read_dead_letter(directory: str) -> pd.DataFrame:
 class CheckAndBucket(beam.DoFn):
     """(batch id, Arrow table) -> ("dead", (batch id, bad rows)) and ("rows", (bucket, (batch id, rows as
     Arrow IPC bytes))), and with `task_keys` ("tasks", the batch's task keys in the window, one a line) for
-    the refresh's completeness check.
+    the refresh's completeness check. With `shuffle_dir` the rows go to a file there (`spill_part`) and the
+    element carries its path instead of the bytes.
 
     Rows outside [start, end) by timestamp are skipped (counted in a metric, not bad). With `max_samples`,
     each task keeps only its most recent `max_samples` rows of the batch ("most recent N" is associative:
@@ -400,9 +421,9 @@ class CheckAndBucket(beam.DoFn):
 
     def __init__(self, spec: FeatureSpec, num_buckets: int, start: float | None = None, end: float | None = None,
                  ignore_columns=(), require_label: bool = True, max_samples: int | None = None,
-                 task_keys: bool = False):
+                 task_keys: bool = False, shuffle_dir: str | None = None):
         self.spec_json, self.num_buckets, self.max_samples = spec.to_json(), num_buckets, max_samples
-        self.task_keys = task_keys
+        self.task_keys, self.shuffle_dir = task_keys, shuffle_dir
         self.start, self.end, self.ignore_columns, self.require_label = start, end, tuple(ignore_columns), require_label
 
     def setup(self):
@@ -438,6 +459,8 @@ class CheckAndBucket(beam.DoFn):
         for s, e in zip(starts, np.r_[starts[1:], len(rows)]):
             data = to_ipc(ok.slice(s, e - s))
             beam.metrics.Metrics.counter("rows", "shuffle_bytes").inc(len(data))
+            if self.shuffle_dir:
+                data = spill_part(data, self.shuffle_dir, int(bucket[s]), source)
             yield "rows", (int(bucket[s]), (source, data))
 
 
@@ -448,7 +471,7 @@ def select(kind: str):
 
 
 def concat_sorted(parts) -> pa.Table | None:
-    """Concatenates (batch id, Arrow IPC bytes) parts in batch-id order, so row order (the tie-break of
+    """Concatenates (batch id, Arrow IPC bytes or a spilled part's path) parts in batch-id order, so row order (the tie-break of
     equal timestamps) does not depend on the order a GroupByKey delivered them; None without parts. A
     batch delivered twice (at-least-once runners; Beam 2.77's DaskRunner re-delivers elements) is used once."""
     unique = dict(parts)

@@ -2,7 +2,9 @@
 
   interactions (Parquet / TFRecord) in the window [as_of - days, as_of)
     -> check rows (bad rows -> dead letter, with the reason)
-    -> bucket by crc32(task key) -> CoGroupByKey with the serving tasks (every row of a task on one worker)
+    -> bucket by crc32(task key) -> CoGroupByKey with the serving tasks (every row of a task on one worker;
+       on FnApiRunner the rows go through files under the run directory and only their paths through
+       the runner, see `shuffle_dir` of `refresh`)
     -> per bucket (refresh_stages.PackBucket): keep each task's most recent N samples, cut the tasks
        (sorted by key) into batches of T tasks; serving tasks with no recent samples -> cold-start batches
     -> RunInference(AdapterModelHandler): the adapter artifact's `embed_tasks` (k SGD steps of the
@@ -42,7 +44,9 @@ import time
 
 import apache_beam as beam
 import pandas as pd
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_pipelines.adapter_handler import AdapterModelHandler
 from beam_pipelines.interactions import (BATCH_ROWS, STAGE_TIME, CheckAndBucket, WriteDeadLetter,
@@ -81,14 +85,15 @@ def serving_parts(serving_tasks: str | None, spec: FeatureSpec, num_buckets: int
 def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str, run_dir: str, as_of: float,
           days: float, max_samples: int, tasks_per_batch: int, num_buckets: int, input_format: str | None = None,
           serving_tasks: str | None = None, ignore_columns=(), tf_threads: int | None = None,
-          batch_rows: int = BATCH_ROWS):
+          batch_rows: int = BATCH_ROWS, shuffle_dir: str | None = None):
     """Adds the refresh to pipeline `p` (writing under `run_dir`, through `beam_pipelines.sinks` only);
-    returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller."""
+    returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller.
+    `shuffle_dir`: the shuffled rows go to files there (`interactions.spill_part`), not through the runner."""
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     checked = (read_interactions(p, input, spec, input_format, batch_rows)
                | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, as_of - days * DAY, as_of,
                                                                ignore_columns, max_samples=max_samples,
-                                                               task_keys=True)))
+                                                               task_keys=True, shuffle_dir=shuffle_dir)))
     dead_paths = (checked | "DeadRows" >> select("dead")
                   | "WriteDeadLetter" >> WriteDeadLetter(os.path.join(run_dir, DEAD_LETTER_DIR)))
     manifest_paths = (checked | "TaskKeys" >> select("tasks") | "OneManifest" >> beam.Map(lambda keys: (0, keys))
@@ -121,13 +126,35 @@ def summarize(run_dir: str, rows: pd.DataFrame, adapter: str, config: dict, comp
     }
 
 
+def shuffle_directory(shuffle_dir: str | None, options, run_dir: str, as_of: float) -> str | None:
+    """Where the run's shuffled rows go: None = through the runner's own shuffle ("beam").
+
+    "auto": FnApiRunner, which holds a GroupByKey's whole input in the driver's memory (11.6 GiB at
+    604,000 tasks), spills to `run_dir`/.shuffle (local disk, which its worker processes share); other
+    runners shuffle themselves. Any other value is a directory every worker can read and write (e.g.
+    gs://bucket/tmp): the run uses a subdirectory of its own there, deleted after the run."""
+    if shuffle_dir in (None, "", "beam"):
+        return None
+    if shuffle_dir == "auto":
+        runner = options.view_as(StandardOptions).runner
+        return os.path.join(run_dir, ".shuffle") if runner == "FnApiRunner" else None
+    return FileSystems.join(shuffle_dir, f"{run_tag(as_of)}-{os.urandom(6).hex()}")
+
+
+def delete_directory(path: str | None) -> None:
+    if path and FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
 def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, max_samples: int = 64,
             tasks_per_batch: int = 128, aggregation: str | None = None, num_buckets: int = 0,
             input_format: str | None = None, serving_tasks: str | None = None, ignore_columns=(),
             online_store: str | None = "sqlite", store_dir: str | None = None, workers: int = 2,
-            tf_threads: int | None = None, beam_args=(), batch_rows: int = BATCH_ROWS) -> dict:
+            tf_threads: int | None = None, beam_args=(), batch_rows: int = BATCH_ROWS,
+            shuffle_dir: str | None = "auto") -> dict:
     """Runs the refresh; commits runs/<as_of>/ under `output` atomically, then publishes it to the
-    Feast online store (`online_store`: "sqlite", "redis://host:port" or None). Returns the summary."""
+    Feast online store (`online_store`: "sqlite", "redis://host:port" or None). Returns the summary.
+    `shuffle_dir`: "auto", "beam" or a directory (see `shuffle_directory`)."""
     start = time.perf_counter()
     for flag, value in (("--max-samples", max_samples), ("--tasks-per-batch", tasks_per_batch),
                         ("--workers", workers)):
@@ -148,12 +175,17 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
     run_dir = os.path.join(os.path.abspath(output), "runs", run_tag(as_of))
     worker_pythonpath()
     with atomic_directory(run_dir) as tmp:
-        p = beam.Pipeline(options=beam_options(list(beam_args), workers))
+        options = beam_options(list(beam_args), workers)
+        spill = shuffle_directory(shuffle_dir, options, tmp, as_of)
+        p = beam.Pipeline(options=options)
         build(p, input=input, spec=spec, adapter=adapter, model_version=model_version, run_dir=tmp, as_of=as_of,
               days=days, max_samples=max_samples, tasks_per_batch=tasks_per_batch, num_buckets=num_buckets,
               input_format=input_format, serving_tasks=serving_tasks, ignore_columns=ignore_columns,
-              tf_threads=tf_threads, batch_rows=batch_rows)
-        counters = run_and_wait(p)
+              tf_threads=tf_threads, batch_rows=batch_rows, shuffle_dir=spill)
+        try:
+            counters = run_and_wait(p)
+        finally:
+            delete_directory(spill)
         remove_temp(tmp)
         rows = read_embeddings(tmp)
         summary = summarize(tmp, rows, adapter, config, computed_at, days, num_buckets)
@@ -163,6 +195,7 @@ def refresh(input: str, adapter: str, output: str, as_of, days: float = 30.0, ma
         summary["stage_seconds"] = {k.split("/")[1]: v / 1e6 for k, v in counters.items()
                                     if k.startswith(STAGE_TIME + "/")}
         summary["shuffle_bytes"] = counters.get("rows/shuffle_bytes", 0)
+        summary["shuffle"] = "files" if spill else "runner"
         check_complete(rows, os.path.join(tmp, MANIFEST_DIR))
         with open(os.path.join(tmp, SUCCESS_FILE), "w") as f:
             json.dump(summary, f, indent=1)
@@ -193,7 +226,7 @@ def check_complete(rows: pd.DataFrame, manifest_dir: str) -> None:
         raise RuntimeError(f"refresh output is incomplete: {len(expected)} tasks in the window, {len(adapted)} "
                            f"adapted rows; missing {sorted(missing)[:5]} ({len(missing)}), unexpected "
                            f"{sorted(extra)[:5]}, duplicated {list(dup[:5])}. Nothing was committed; the previous "
-                           "embeddings stay served. Re-run (on FnApiRunner, try --workers 1)")
+                           "embeddings stay served. Re-run; if it recurs, report the runner and this message")
 
 
 # -- command line -------------------------------------------------------------------
@@ -220,6 +253,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store-dir", default=None, help="Feast repo / registry dir (default <output>/feature_store)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes (FnApiRunner multi_processing)")
     p.add_argument("--tf-threads", type=int, default=None, help="TensorFlow threads per worker")
+    p.add_argument("--shuffle-dir", default="auto",
+                   help="where the bucketed rows are shuffled: 'auto' (files under the run directory on FnApiRunner, "
+                        "the runner's own shuffle elsewhere), 'beam' (the runner's), or a directory all workers "
+                        "share (e.g. gs://bucket/tmp)")
 
 
 def run_from_args(args, beam_args) -> dict:
@@ -227,7 +264,7 @@ def run_from_args(args, beam_args) -> dict:
                       args.tasks_per_batch, args.aggregation, args.num_buckets, args.input_format,
                       args.serving_tasks, [c for c in args.ignore_columns.split(",") if c],
                       None if args.online_store == "none" else args.online_store, args.store_dir, args.workers,
-                      args.tf_threads, beam_args)
+                      args.tf_threads, beam_args, shuffle_dir=args.shuffle_dir)
     print(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -37,7 +37,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from limaml_tf import __version__
 from limaml_tf.spec import ArtifactError, FeatureError, FeatureSpec
@@ -151,8 +150,10 @@ class TaskSet:
                                  tasks_per_batch if pad else None)
 
     def dataset(self, tasks_per_batch: int, shuffle: bool = True, seed: int = 0,
-                repeat: bool = False) -> tf.data.Dataset:
+                repeat: bool = False) -> "tf.data.Dataset":
         """tf.data pipeline of fixed-shape task batches; the last batch is padded with empty tasks."""
+        import tensorflow as tf
+
         tasks_per_batch = positive_int("tasks_per_batch", tasks_per_batch)
         arrays = {k: v for k, v in self.arrays.items() if not k.endswith(("_time", "_keys"))}
         ds = tf.data.Dataset.from_tensor_slices(arrays)
@@ -181,6 +182,8 @@ def pad_task_count(bundle: dict, tasks_per_batch: int | None) -> dict:
                 return a
             fill = "" if a.dtype == object else 0
             return np.concatenate([a, np.full((n,) + a.shape[1:], fill, dtype=a.dtype)])
+        import tensorflow as tf
+
         n = tasks_per_batch - tf.shape(a)[0]
         padded = tf.pad(a, [[0, n]] + [[0, 0]] * (a.shape.rank - 1))
         return tf.ensure_shape(padded, [tasks_per_batch] + a.shape[1:])

@@ -112,6 +112,16 @@ print(json.dumps({{"new_keras": sorted(set(keras_modules()) - set(before)), "ker
         assert out["keras_after_tf"] > 0, "TensorFlow no longer imports Keras by itself: update the docstrings"
 
 
+def test_refresh_driver_imports_no_tensorflow():
+    """The refresh driver (and the Keras-free library modules it reads the adapter with) imports no
+    TensorFlow: it holds ~0.7 GB less, which counts towards the refresh's memory at scale (issue 11)."""
+    out = run_fresh("""
+import beam_pipelines.refresh_embeddings, limaml_tf.spec, limaml_tf.tasks, limaml_tf.artifacts
+print(json.dumps(sorted(m for m in ("tensorflow", "keras") if m in sys.modules)))
+""")
+    assert out == []
+
+
 ADAPTER_RUN = """
 import numpy as np
 from limaml_tf.artifacts import read_adapter
