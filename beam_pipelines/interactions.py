@@ -471,9 +471,10 @@ def select(kind: str):
 
 
 def concat_sorted(parts) -> pa.Table | None:
-    """Concatenates (batch id, Arrow IPC bytes or a spilled part's path) parts in batch-id order, so row order (the tie-break of
-    equal timestamps) does not depend on the order a GroupByKey delivered them; None without parts. A
-    batch delivered twice (at-least-once runners; Beam 2.77's DaskRunner re-delivers elements) is used once."""
+    """Concatenates (batch id, Arrow IPC bytes or a spilled part's path) parts in batch-id order, so row
+    order (the tie-break of equal timestamps) does not depend on the order a GroupByKey delivered them;
+    None without parts. A batch delivered twice (at-least-once runners; Beam 2.77's DaskRunner re-delivers
+    elements) is used once."""
     unique = dict(parts)
     if not unique:
         return None
