@@ -9,7 +9,7 @@ processes (`--runner dask`), while a thread polls the RSS of this process and of
 (psutil, every 0.2 s). Reported: seconds, time per task, the peak RSS of each process and the peak of
 their sum, and how the time per task grows from the smallest size to the largest (target: flat within 20 %).
 
-Run:  python -m benchmarks.refresh_scale --tasks 60400 604000 [--runner dask]
+Run:  python -m benchmarks.refresh_scale --tasks 60400 604000 [--workers 1] [--runner dask] [--shuffle-dir DIR]
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-samples", type=int, default=64)
     p.add_argument("--tasks-per-batch", type=int, default=256)
+    p.add_argument("--shuffle-dir", default="auto", help="the refresh's --shuffle-dir: auto (files on FnApiRunner, "
+                                                         "the runner's shuffle on Dask), beam, or a directory")
     p.add_argument("--workdir", default=None, help="keeps the generated input between runs")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
             try:
                 s = refresh(data, adapter, os.path.join(work, f"out-{args.runner}-{n}"), as_of, days=days,
                             max_samples=args.max_samples, tasks_per_batch=args.tasks_per_batch, online_store=None,
-                            workers=args.workers, tf_threads=1, beam_args=beam_args)
+                            workers=args.workers, tf_threads=1, beam_args=beam_args, shuffle_dir=args.shuffle_dir)
                 assert s["adapted"] == n, (s["adapted"], n)
             except RuntimeError as e:  # the completeness check refused the run's output
                 refused = str(e)[:300]
@@ -156,7 +158,8 @@ def main(argv=None) -> int:
         memory = poller.report()
         row = {"tasks": n, "rows": f * chunk_rows, "seconds": round(seconds, 1), "refused": refused,
                "ms_per_task": round(1e3 * seconds / n, 3), "num_buckets": s.get("num_buckets"),
-               "shuffle_mib": round(s.get("shuffle_bytes", 0) / 2 ** 20), "stage_seconds": s.get("stage_seconds"),
+               "shuffle_mib": round(s.get("shuffle_bytes", 0) / 2 ** 20), "shuffle": s.get("shuffle"),
+               "stage_seconds": s.get("stage_seconds"),
                "load": round(os.getloadavg()[0], 2), **memory}
         results.append(row)
         print(json.dumps(row), flush=True)
