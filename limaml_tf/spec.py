@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # TensorFlow is imported where it is used: Beam drivers read specs without it
+    import tensorflow as tf
 
 KINDS = ("numeric", "categorical", "multi_valued", "sequence", "numeric_sequence")
 LIST_KINDS = ("multi_valued", "sequence", "numeric_sequence")  # a fixed-length list of values per sample
@@ -98,7 +101,7 @@ class Feature:
         return 1 + (len(self.vocabulary) if self.vocabulary else self.num_bins)
 
     @property
-    def raw_dtype(self) -> "tf.DType":
+    def raw_dtype(self) -> tf.DType:
         import tensorflow as tf
 
         return tf.float32 if self.is_numeric else tf.string
@@ -392,12 +395,12 @@ class FeatureSpec:
                 out[f.name] = multi_values_to_array(col, f.max_len)
         return out
 
-    def input_signature(self, batch_dims: tuple = (None,)) -> dict[str, "tf.TensorSpec"]:
+    def input_signature(self, batch_dims: tuple = (None,)) -> dict[str, tf.TensorSpec]:
         import tensorflow as tf
 
         return {f.name: tf.TensorSpec(batch_dims + f.raw_shape(), f.raw_dtype, name=f.name) for f in self.features}
 
-    def dummy_inputs(self, batch: int = 2) -> dict[str, "tf.Tensor"]:
+    def dummy_inputs(self, batch: int = 2) -> dict[str, tf.Tensor]:
         import tensorflow as tf
 
         return {f.name: tf.zeros((batch,) + f.raw_shape(), f.raw_dtype) for f in self.features}

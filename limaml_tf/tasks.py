@@ -34,12 +34,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from limaml_tf import __version__
 from limaml_tf.spec import ArtifactError, FeatureError, FeatureSpec
+
+if TYPE_CHECKING:  # TensorFlow is imported where it is used: Beam drivers read tasks without it
+    import tensorflow as tf
 
 SETS = ("support", "query")
 SUBTASK_ARRAYS = ("subtask_key", "subtask_query_index", "subtask_support_index", "subtask_support_mask")
@@ -150,7 +154,7 @@ class TaskSet:
                                  tasks_per_batch if pad else None)
 
     def dataset(self, tasks_per_batch: int, shuffle: bool = True, seed: int = 0,
-                repeat: bool = False) -> "tf.data.Dataset":
+                repeat: bool = False) -> tf.data.Dataset:
         """tf.data pipeline of fixed-shape task batches; the last batch is padded with empty tasks."""
         import tensorflow as tf
 

@@ -43,27 +43,29 @@ def test_repeated_runs_and_retried_work_lose_nothing(case, tmp_path):
     assert [clean(r) for r in results] == [CLEAN] * len(results), results
 
 
-def _flush_with_a_write_in_between(stream_cls) -> bytes:
+def _flush_with_a_write_in_between(stream_cls, write_waits: bool) -> bytes:
     """What reaches the send side when the driver writes a chunk while the flusher thread is handing
-    the buffer to a full send queue (the callback below blocks until the write has had its chance)."""
+    the buffer to a full send queue (the callback below blocks until it is released). `write_waits`:
+    whether the write is expected to wait for the flush (the fixed stream) or to return at once."""
     sent, in_callback, release = [], threading.Event(), threading.Event()
 
     def send(data):
         sent.append(data)
         in_callback.set()
-        release.wait(10)
+        release.wait(30)
 
     stream = stream_cls(close_callback=sent.append, flush_callback=send, time_flush_threshold_ms=3_600_000)
     stream.write(b"chunk-1;")
     flusher = threading.Thread(target=stream.flush)  # what the PeriodicThread runs every second
     flusher.start()
-    assert in_callback.wait(10)
+    assert in_callback.wait(30)
     writer = threading.Thread(target=stream.write, args=(b"chunk-2;",))  # the driver, meanwhile
     writer.start()
-    writer.join(0.5)  # unlocked: done by now; locked: waits for the flush
+    writer.join(0.2 if write_waits else 30)  # unlocked, the write cannot wait: it is done before the release
+    assert writer.is_alive() == write_waits
     release.set()
-    flusher.join(10)
-    writer.join(10)
+    flusher.join(30)
+    writer.join(30)
     stream.close()
     return b"".join(sent)
 
@@ -80,11 +82,11 @@ def test_flush_race_that_lost_rows_is_fixed():
     class Unfixed(data_plane.TimeBasedBufferingClosableOutputStream):
         write = data_plane.SizeBasedBufferingClosableOutputStream.write  # Beam 2.77's own, no lock
 
-    assert _flush_with_a_write_in_between(Unfixed) == b"chunk-1;"  # chunk 2 dropped: the bug
+    assert _flush_with_a_write_in_between(Unfixed, write_waits=False) == b"chunk-1;"  # chunk 2 dropped: the bug
     fix_fnapi_flush_race()
     fix_fnapi_flush_race()  # idempotent
     fixed = data_plane.TimeBasedBufferingClosableOutputStream
-    assert _flush_with_a_write_in_between(fixed) == b"chunk-1;chunk-2;"
+    assert _flush_with_a_write_in_between(fixed, write_waits=True) == b"chunk-1;chunk-2;"
 
 
 def _temp(directory, shard: int, data: bytes) -> str:
