@@ -158,7 +158,7 @@ def print_table(row: dict, workers, fixed: dict) -> None:
     """The issue's table for one size: per-core throughput and its share of the adapter alone."""
     n, d = row["tasks"], row["direct"]
     ceiling = n / d["adapter"]
-    lines = [(f"adapter alone (the ceiling)", d["adapter"], 1),
+    lines = [("adapter alone (the ceiling)", d["adapter"], 1),
              ("no Beam: " + ", ".join(f"{s} {v:.1f} s" for s, v in d.items() if s != "adapter")
               + f", adapter {d['adapter']:.1f} s", sum(d.values()), 1)]
     lines += [(f"Beam, {w} worker{'s' * (w > 1)}", row[f"beam x{w}"]["pipeline_seconds"], w)

@@ -202,9 +202,9 @@ def load_data(c: TrainConfig) -> tuple[pd.DataFrame, FeatureSpec | None]:
     if d["movielens"]:
         from limaml_tf.movielens import load_tasks_frame
 
-        per_definition = {w[-1] for w in _meta_blocks(dict(c.model.get("meta_block") or {})) if len(w) == 2}
         # meta blocks keyed {user, user_x_genre}: the frame adds the user x main genre key (movielens_spec's task_keys)
-        return load_tasks_frame(d["movielens"], d["path"], genre_tasks=bool(per_definition)), None
+        per_definition = any(len(w) == 2 for w in _meta_blocks(dict(c.model.get("meta_block") or {})))
+        return load_tasks_frame(d["movielens"], d["path"], genre_tasks=per_definition), None
     spec = _spec(c)
     return read_table(d["path"], spec, d["format"]), spec
 
