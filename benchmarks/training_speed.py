@@ -141,6 +141,37 @@ def interleaved(fns: dict, args: dict, repeats: int, steps: int) -> dict:
 
 
 # -- (a) LiMAML / vanilla ------------------------------------------------------
+MATMUL_OPS = ("MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+def _graph_ops(graph):
+    """Every op of `graph` and of the functions it calls (e.g. an XLA-compiled inner loop)."""
+    yield from graph.get_operations()
+    for function in getattr(graph, "_functions", {}).values():
+        if getattr(function, "graph", None) is not None:
+            yield from _graph_ops(function.graph)
+
+
+def matmul_flops(fn, arg) -> int:
+    """Floating-point operations of the (batched) matrix products in the traced graph of `fn(arg)`: the
+    arithmetic a step cannot avoid, whatever its op overhead (2 * m * n * k per product)."""
+    total = 0
+    for op in _graph_ops(fn.get_concrete_function(arg).graph):
+        if op.type not in MATMUL_OPS:
+            continue
+        a, b = op.inputs[0].shape, op.inputs[1].shape
+        if not (a.is_fully_defined() and b.is_fully_defined()):
+            raise ValueError(f"{op.name}: shapes {a} x {b} are not static; trace on a fixed-shape batch")
+        plain = "MatMul" in op.type and "Batch" not in op.type
+        trans_a, trans_b = (op.get_attr("transpose_a"), op.get_attr("transpose_b")) if plain else \
+            (op.get_attr("adj_x"), op.get_attr("adj_y"))
+        m, k = (a[-1], a[-2]) if trans_a else (a[-2], a[-1])
+        n = b[-2] if trans_b else b[-1]
+        batch = int(np.prod(np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))))
+        total += 2 * batch * m * n * k
+    return total
+
+
 def bench_step_ratio(tasks_by_name: dict, args) -> dict:
     results = {}
     for name, tasks in tasks_by_name.items():
@@ -153,15 +184,19 @@ def bench_step_ratio(tasks_by_name: dict, args) -> dict:
         configs["n=1 1st xla"] = ("limaml", 1, True, True)
         fns = {c: compiled_step(build(*config[:1], tasks.spec, *config[1:])) for c, config in configs.items()}
         times = interleaved(fns, {c: bundle for c in fns}, args.repeats, args.steps)
+        flops = {c: matmul_flops(fns[c], bundle) for c in fns if "xla" not in c}
         print(f"\n(a) {name}: {TASKS_PER_BATCH} tasks/batch, support {tasks.support_length} + query "
-              f"{tasks.query_length} slots/task; vanilla step {1e3 * times['vanilla']:.1f} ms")
-        print(f"    {'n':>3} {'2nd order':>12} {'2nd, XLA':>12} {'1st order':>12}   (LiMAML step time / vanilla "
-              "step time; XLA: jit_inner_loop=True, what 'auto' picks from n = 2)")
+              f"{tasks.query_length} slots/task; vanilla step {1e3 * times['vanilla']:.1f} ms, "
+              f"{flops['vanilla'] / 1e6:.0f} MFLOP of matrix products")
+        print(f"    {'n':>3} {'2nd order':>12} {'2nd, XLA':>12} {'1st order':>12} {'2nd FLOPs':>12} {'1st FLOPs':>12}"
+              "   (LiMAML / vanilla: step time, then matmul FLOPs; XLA: jit_inner_loop=True, what 'auto' picks "
+              "from n = 2)")
         for n in args.inner_steps:
             print(f"    {n:>3}" + "".join(f" {times[f'n={n} {c}'] / times['vanilla']:>11.2f}x"
-                                      for c in ("2nd", "2nd xla", "1st")))
+                                      for c in ("2nd", "2nd xla", "1st"))
+                  + "".join(f" {flops[f'n={n} {c}'] / flops['vanilla']:>11.2f}x" for c in ("2nd", "1st")))
         print(f"    n=1 first order with XLA: {times['n=1 1st xla'] / times['vanilla']:.2f}x")
-        results[name] = times
+        results[name] = {"seconds": times, "matmul_flops": flops}
     return results
 
 
