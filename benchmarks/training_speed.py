@@ -190,7 +190,7 @@ def bench_step_ratio(tasks_by_name: dict, args) -> dict:
               f"{flops['vanilla'] / 1e6:.0f} MFLOP of matrix products")
         print(f"    {'n':>3} {'2nd order':>12} {'2nd, XLA':>12} {'1st order':>12} {'2nd FLOPs':>12} {'1st FLOPs':>12}"
               "   (LiMAML / vanilla: step time, then matmul FLOPs; XLA: jit_inner_loop=True, what 'auto' picks "
-              "from n = 2)")
+              "from n = 2, and at n = 1 up to 32,768 task slots)")
         for n in args.inner_steps:
             print(f"    {n:>3}" + "".join(f" {times[f'n={n} {c}'] / times['vanilla']:>11.2f}x"
                                       for c in ("2nd", "2nd xla", "1st"))

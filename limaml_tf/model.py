@@ -28,6 +28,10 @@ from limaml_tf.features import FeatureEncoder, FeatureSpec
 from limaml_tf.tasks import SETS, check_saved_version, non_negative_int, non_negative_number
 
 AGGREGATIONS = maml.AGGREGATIONS
+# jit_inner_loop="auto" at n = 1: XLA for chunks of at most this many task slots (tasks x (support + query)).
+# Measured on 2 CPU cores (docs/training_at_scale.md): XLA step / TF step 0.78-0.94 from 4,096 to 32,768
+# slots, 1.08-1.20 at 65,536. From 2 inner steps XLA was faster at every size measured.
+XLA_ONE_STEP_MAX_SLOTS = 32_768
 
 
 class _Untracked(collections.UserDict):
@@ -76,10 +80,10 @@ class LiMAMLModel(keras.Model):
       learn_inner_learning_rate: Meta-SGD — one trainable rate per adapted weight (initialised at α),
         learned through the inner loop; it then replaces α (and `eval_learning_rate`) everywhere.
       jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA: True
-        (the blocks must be XLA-compilable), False, or "auto": XLA from 2 inner steps on, where it
-        measured 1.1-1.5x faster on CPU, when the loop lowers to XLA (checked once per batch shape;
-        else the TF graph); at n = 1 it was as often slower as faster (docs/training_at_scale.md).
-        XLA compiles anew for each batch shape (seconds to a minute).
+        (the blocks must be XLA-compilable), False, or "auto": XLA where it measured faster on CPU —
+        from 2 inner steps on (1.1-1.5x), and at n = 1 for chunks of up to `XLA_ONE_STEP_MAX_SLOTS`
+        task slots (1.1-1.3x; slower above) — when the loop lowers to XLA (checked once per batch
+        shape; else the TF graph). XLA compiles anew for each batch shape (seconds to a minute).
 
     >>> import keras, limaml_tf as lt
     >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
@@ -129,8 +133,8 @@ class LiMAMLModel(keras.Model):
         self._step_memory = _Untracked()  # chunk shapes -> memory.StepMemory (budgeted chunking)
         self._chunk_fn = None  # the compiled gradient of one chunk (several chunks in a graph)
         if jit_inner_loop not in (True, False, "auto"):
-            raise ValueError("jit_inner_loop must be True, False or 'auto' (XLA from 2 inner steps when the loop "
-                             f"compiles), got {jit_inner_loop!r}")
+            raise ValueError("jit_inner_loop must be True, False or 'auto' (XLA where it measured faster, when the "
+                             f"loop compiles), got {jit_inner_loop!r}")
         self.jit_inner_loop = jit_inner_loop
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
@@ -291,11 +295,12 @@ class LiMAMLModel(keras.Model):
 
     def uses_xla(self, chunk, training=True) -> bool:
         """Whether a training step on `chunk` compiles its inner + outer loop with XLA: `jit_inner_loop`,
-        where "auto" means from 2 inner steps on, when the chunk's loop lowers to XLA (checked once per
-        shape)."""
+        where "auto" means from 2 inner steps on, or at n = 1 on a chunk of at most `XLA_ONE_STEP_MAX_SLOTS`
+        task slots, when the chunk's loop lowers to XLA (checked once per shape)."""
         if self.jit_inner_loop != "auto":
             return bool(self.jit_inner_loop)
-        if self.inner_steps < 2:
+        dims = (*chunk["support_mask"].shape, chunk["query_mask"].shape[1])  # tasks, support, query slots
+        if self.inner_steps < 2 and (None in dims or dims[0] * (dims[1] + dims[2]) > XLA_ONE_STEP_MAX_SLOTS):
             return False
         specs = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), chunk)
         key = (tuple((tuple(s.shape), s.dtype.name) for s in tf.nest.flatten(specs)), bool(training))
