@@ -18,7 +18,7 @@ def test_counts_products_of_a_step_and_its_gradient():
     def step(x):
         with tf.GradientTape() as tape:
             h = tf.matmul(x, w)                                    # [6, 5] x [5, 3]
-            g = tf.matmul(h, h, transpose_a=True)                  # [3, 6]^T... -> 3x6 by 6x3
+            g = tf.matmul(h, h, transpose_a=True)                  # h^T h: 3x6 by 6x3
             b = batched(tf.ones([4, 2, 5]), tf.ones([5, 7]))
             loss = tf.reduce_sum(g) + tf.reduce_sum(b)
         return tape.gradient(loss, w)
