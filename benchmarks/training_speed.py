@@ -145,11 +145,15 @@ MATMUL_OPS = ("MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMa
 
 
 def _graph_ops(graph):
-    """Every op of `graph` and of the functions it calls (e.g. an XLA-compiled inner loop)."""
-    yield from graph.get_operations()
-    for function in getattr(graph, "_functions", {}).values():
-        if getattr(function, "graph", None) is not None:
-            yield from _graph_ops(function.graph)
+    """Every op `graph` runs: its own, and those of each function it calls, once per call (e.g. an XLA-compiled
+    inner loop). Only called functions count: a graph also holds variants it never calls (a function's
+    inference version once its gradient replaced it with a forward version)."""
+    for op in graph.get_operations():
+        if op.type in ("While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase"):
+            raise ValueError(f"{op.name}: a {op.type} runs its branches or body a data-dependent number of times")
+        yield op
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            yield from _graph_ops(graph._get_function(op.get_attr("f").name).graph)
 
 
 def matmul_flops(fn, arg) -> int:

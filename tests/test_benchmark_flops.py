@@ -33,3 +33,27 @@ def test_refuses_a_graph_with_unknown_shapes():
     fn = tf.function(lambda x: tf.matmul(x, x, transpose_b=True))
     with pytest.raises(ValueError, match="not static"):
         matmul_flops(fn, tf.TensorSpec([None, 4], tf.float32))
+
+
+def test_a_called_function_counts_as_its_body_once_per_call():
+    """With a gradient through the call, the graph holds the function's unused inference version beside
+    the forward version it calls: only what runs counts."""
+    w = tf.Variable(tf.ones([5, 3]))
+
+    def gram(a):
+        return tf.matmul(a, a, transpose_a=True)
+
+    def step_of(f):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(f(tf.matmul(x, w))) + tf.reduce_sum(f(tf.matmul(x, 2.0 * w)))
+            return tape.gradient(loss, w)
+        return step
+
+    x = tf.ones([6, 5])
+    assert matmul_flops(step_of(tf.function(gram)), x) == matmul_flops(step_of(gram), x)
+    loop = tf.function(lambda n: tf.while_loop(lambda i, a: i < n, lambda i, a: (i + 1, tf.matmul(a, a)),
+                                               (0, tf.eye(3)))[1])
+    with pytest.raises(ValueError, match="While"):
+        matmul_flops(loop, tf.constant(2))
