@@ -4,12 +4,12 @@ import doctest
 
 import pytest
 
-import limaml_tf.blocks
+import limaml_tf.blocks.transformer
 import limaml_tf.model
 import limaml_tf.vanilla
 
 
-@pytest.mark.parametrize("module", [limaml_tf.blocks, limaml_tf.model, limaml_tf.vanilla], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [limaml_tf.blocks.transformer, limaml_tf.model, limaml_tf.vanilla], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, result
