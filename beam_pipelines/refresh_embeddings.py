@@ -49,17 +49,18 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_pipelines.adapter_handler import AdapterModelHandler
-from beam_pipelines.interactions import (BATCH_ROWS, STAGE_TIME, CheckAndBucket, WriteDeadLetter,
-                                         check_input_columns, detect_format, list_files, read_dead_letter,
-                                         read_interactions, select, stable_bucket)
+from beam_pipelines.interactions import (BATCH_ROWS, STAGE_TIME, check_input_columns, detect_format, list_files,
+                                         read_interactions)
 from beam_pipelines.refresh_stages import PackBucket, WriteEmbeddings, by_bucket
+from beam_pipelines.row_checks import WriteDeadLetter, read_dead_letter
 from beam_pipelines.runner import (DAY, auto_buckets, beam_options, parse_as_of, run_and_wait, run_tag,
                                    worker_pythonpath)
+from beam_pipelines.shuffle import CheckAndBucket, select, stable_bucket
 from beam_pipelines.sinks import WriteShards, remove_temp
 from limaml_tf.artifacts import (AGGREGATIONS, COLD_START_KEY, DEAD_LETTER_DIR, EMBEDDINGS_DIR, SUCCESS_FILE,
                                  atomic_directory, read_adapter, read_embeddings, resolve_adapter)
 from limaml_tf.spec import FeatureSpec
-from limaml_tf.tasks import positive_int
+from limaml_tf.checks import positive_int
 
 MANIFEST_DIR = ".manifest"
 
@@ -88,7 +89,7 @@ def build(p, *, input: str, spec: FeatureSpec, adapter: str, model_version: str,
           batch_rows: int = BATCH_ROWS, shuffle_dir: str | None = None):
     """Adds the refresh to pipeline `p` (writing under `run_dir`, through `beam_pipelines.sinks` only);
     returns the PCollection of written file paths. `spec` is the adapter's, read once by the caller.
-    `shuffle_dir`: the shuffled rows go to files there (`interactions.spill_part`), not through the runner."""
+    `shuffle_dir`: the shuffled rows go to files there (`shuffle.spill_part`), not through the runner."""
     computed_at = dt.datetime.fromtimestamp(as_of, dt.timezone.utc)
     checked = (read_interactions(p, input, spec, input_format, batch_rows)
                | "CheckAndBucket" >> beam.ParDo(CheckAndBucket(spec, num_buckets, as_of - days * DAY, as_of,

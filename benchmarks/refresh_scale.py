@@ -32,7 +32,7 @@ CHUNK_TASKS = 6040  # ML-1M's users
 
 def write_input(work: str, files: int, seed: int = 0) -> int:
     """`files` Parquet files of one ML-1M-shaped chunk each under `work`/input (task keys prefixed by the
-    file number; files already there are kept) and an adapter (k = 1) for them under `work`/adapter;
+    file number; files already there are kept) and an adapter (k = 1) for them under `work`/scale_adapter/;
     returns the rows of a chunk. Run in a child process, so the driver measured holds neither the
     generated data nor Keras."""
     import pyarrow as pa
@@ -40,7 +40,7 @@ def write_input(work: str, files: int, seed: int = 0) -> int:
     import pyarrow.parquet as pq
 
     from benchmarks.refresh_throughput import ML1M_SHAPE
-    from limaml_tf.cli.demo import build_models
+    from limaml_tf.training import build_models
     from limaml_tf.export import export_adapter
     from limaml_tf.synthetic import make_synthetic
 
@@ -56,8 +56,8 @@ def write_input(work: str, files: int, seed: int = 0) -> int:
             keys = pc.utf8_replace_slice(chunk.column(key), 0, 0, f"c{i}-")
             pq.write_table(chunk.set_column(key, spec.task_key, keys), path + ".tmp")
             os.rename(path + ".tmp", path)
-    if not os.path.exists(os.path.join(work, "adapter")):
-        export_adapter(build_models(spec)[0], os.path.join(work, "adapter"), steps=1)
+    if not os.path.exists(os.path.join(work, "scale_adapter")):
+        export_adapter(build_models(spec)[0], work, "scale", steps=1)
     return chunk.num_rows
 
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     files = [n // CHUNK_TASKS for n in args.tasks]
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         chunk_rows = pool.submit(write_input, work, max(files)).result()
-    adapter = os.path.join(work, "adapter")
+    adapter = os.path.join(work, "scale_adapter")  # resolve_adapter runs its latest version
 
     from beam_pipelines.refresh_embeddings import refresh
     from beam_pipelines.runner import worker_pythonpath

@@ -45,7 +45,7 @@ def make_case(root: str, tasks: int = 1500, num_buckets: int = 37, seed: int = 0
     layout "partitioned": day=<d>/part-<i>.parquet; "flat": part-<d>-<i>.parquet in one directory."""
     import keras
 
-    from limaml_tf.cli.demo import build_models
+    from limaml_tf.training import build_models
     from limaml_tf.export import export_adapter
     from limaml_tf.synthetic import make_synthetic
 
@@ -64,7 +64,7 @@ def make_case(root: str, tasks: int = 1500, num_buckets: int = 37, seed: int = 0
     model, _ = build_models(spec, embedding_dim=4)
     for v in model.trainable_variables:  # non-trivial weights without paying for training
         v.assign(rng.normal(0, 0.4, v.shape).astype("float32"))
-    adapter = export_adapter(model, os.path.join(root, "adapter"), steps=STEPS, learning_rate=LEARNING_RATE)
+    adapter = export_adapter(model, root, "stress", steps=STEPS, learning_rate=LEARNING_RATE)
 
     data = pd.concat([df, df.sample(7, random_state=seed)], ignore_index=True)
     data.loc[len(df):, "activity"] = np.nan  # 7 bad rows: dead letter

@@ -50,7 +50,8 @@ def direct(adapter_path: str, data_dir: str, as_of: float, days: float, max_samp
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    from beam_pipelines.interactions import check_rows, list_files
+    from beam_pipelines.interactions import list_files
+    from beam_pipelines.row_checks import check_rows
     from limaml_tf.artifacts import adapter_inputs, read_adapter
     from limaml_tf.tasks import pad_task_count, recent_tasks
 
@@ -111,14 +112,14 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(1)  # per-core figures: one TF thread per process
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from beam_pipelines.refresh_embeddings import refresh
-    from limaml_tf.cli.demo import build_models
+    from limaml_tf.training import build_models
     from limaml_tf.export import export_adapter
 
     work = args.workdir or tempfile.mkdtemp(prefix="refresh-bench-")
     days, as_of = 60.0, 60 * 86_400.0 + 1
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2-core machine shared with others)", flush=True)
     _, warm_spec = make_data(200, os.path.join(work, "data-warmup"))
-    warm_adapter = export_adapter(build_models(warm_spec)[0], os.path.join(work, "adapter-warmup"))
+    warm_adapter = export_adapter(build_models(warm_spec)[0], work, "warmup")
     fixed = {}
     for w in args.workers:  # first-run costs (imports, runner set-up) out of the measurements
         kw = dict(days=days, online_store=None, workers=w, tf_threads=1)
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         _, spec = make_data(n, data_dir)
         model, _ = build_models(spec)
         for k in args.steps:
-            adapter = export_adapter(model, os.path.join(work, f"adapter-{n}-k{k}"), steps=k)
+            adapter = export_adapter(model, work, f"tasks{n}-k{k}", steps=k)
             row = dict(tasks=n, k=k, load=round(os.getloadavg()[0], 2))
             tasks, row["direct"] = direct(adapter, data_dir, as_of, days, args.max_samples, args.tasks_per_batch)
             for w in args.workers:

@@ -128,7 +128,7 @@ def load_test(target: str, request, clients: int = 8, per_client: int = 2000, de
 
 def serve_process(base: str, *flags) -> tuple[subprocess.Popen, int]:
     """`limaml serve` on `base` in its own process (a free port); returns (process, port)."""
-    proc = subprocess.Popen([sys.executable, "-m", "limaml_tf.cli", "serve", "--saved-models", base, "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "limaml_cli", "serve", "--saved-models", base, "--port", "0",
                              *flags], stdout=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     line = proc.stdout.readline()

@@ -56,11 +56,35 @@ def definition_layout(model) -> dict | None:
     return layout
 
 
-def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None = None,
-                   aggregation: str = "latest", model_version: str = "1", extra_config: dict | None = None,
-                   definition: str | None = None) -> str:
-    """Writes the adapter SavedModel for `model` (a LiMAMLModel) to `path`, atomically. With several task
-    definitions, `definition` names the one whose tasks the adapter embeds (one adapter per definition)."""
+def adapter_name(model_name: str, definition: str | None = None) -> str:
+    """The adapter's directory name beside the served model `model_name`: `<model_name>_adapter`, or
+    `<model_name>_adapter_<definition>` for one of several task definitions."""
+    return f"{model_name}_adapter" + (f"_{definition}" if definition is not None else "")
+
+
+def version_path(base_dir: str, model_name: str, version: int | None) -> str:
+    """`<base_dir>/<model_name>/<version>/`, `version` the next integer when None; refuses a version
+    that is not a positive integer or that exists (TF Serving may be serving it)."""
+    model_dir = os.path.join(base_dir, model_name)
+    existing = model_versions(model_dir)
+    version = (existing[-1] + 1 if existing else 1) if version is None else version
+    if isinstance(version, bool) or int(version) != version or version < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving version directory), got {version!r}")
+    path = os.path.join(model_dir, str(int(version)))
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists: TF Serving may be serving it; export a new version "
+                              f"(next free: {max(existing, default=0) + 1})")
+    return path
+
+
+def export_adapter(model, base_dir: str = "saved_models", model_name: str = "limaml", version: int | None = None,
+                   steps: int = 1, learning_rate: float | None = None, aggregation: str = "latest",
+                   extra_config: dict | None = None, definition: str | None = None) -> str:
+    """Exports the adapter SavedModel of `model` (a LiMAMLModel), the refresh pipeline's artifact, beside
+    the served model `model_name`: `<base_dir>/<model_name>_adapter/<version>/` (`adapter_name`), written
+    atomically; the same arguments as `export_serving`, so one `version` ties the two. Returns the path.
+    With several task definitions, `definition` names the one whose tasks the adapter embeds (one adapter
+    per definition, `<model_name>_adapter_<definition>/`)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     layout = definition_layout(model)
@@ -96,9 +120,10 @@ def export_adapter(model, path: str, steps: int = 1, learning_rate: float | None
                          input_signature=[{"task_key": key_sig, "support_label": label_sig, "support_mask": mask_sig,
                                            **support_sig, **latest_sig}])
     archive.add_endpoint(COLD_START, tf.function(cold_start), input_signature=[raw((None,))])
+    path = version_path(base_dir, adapter_name(model_name, definition), version)
     config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation,
               "embedding_dim": embedding_dim(model, definition),
-              "model_version": str(model_version), "tensorflow_version": tf.__version__,
+              "model_version": os.path.basename(path), "tensorflow_version": tf.__version__,
               **({"definition": definition} if definition is not None else {}), **(extra_config or {})}
     with atomic_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
@@ -184,15 +209,8 @@ def export_serving(model, base_dir: str = "saved_models", model_name: str = "lim
     """
     spec = model.spec
     dim = embedding_dim(model)
-    model_dir = os.path.join(base_dir, model_name)
-    existing = model_versions(model_dir)
-    version = (existing[-1] + 1 if existing else 1) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"version must be a positive integer (TF Serving version directory), got {version}")
-    path = os.path.join(model_dir, str(version))
-    if os.path.exists(path):
-        raise FileExistsError(f"{path} exists: TF Serving may be serving it; export a new version "
-                              f"(next free: {max(existing, default=0) + 1})")
+    path = version_path(base_dir, model_name, version)
+    version = int(os.path.basename(path))
     signature = serving_signature(spec, dim)
 
     def serve(inputs):
@@ -234,12 +252,9 @@ def export_model(model, saved_models: str = "saved_models", model_name: str = "l
     model's eval_steps). Returns both paths. With several task definitions: one adapter per definition,
     `<saved_models>/<model_name>_adapter_<definition>/<v>/`, and the second value is {definition: path}."""
     serving_path = export_serving(model, saved_models, model_name, train_df=train_df)
-    version = os.path.basename(serving_path)
-    steps = model.eval_steps if steps is None else steps
+    adapter = dict(version=int(os.path.basename(serving_path)), aggregation=aggregation,
+                   steps=model.eval_steps if steps is None else steps)
     layout = definition_layout(model)
     if layout is None:
-        return serving_path, export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter", version),
-                                            steps=steps, aggregation=aggregation, model_version=version)
-    return serving_path, {d: export_adapter(model, os.path.join(saved_models, f"{model_name}_adapter_{d}", version),
-                                            steps=steps, aggregation=aggregation, model_version=version, definition=d)
-                          for d in layout}
+        return serving_path, export_adapter(model, saved_models, model_name, **adapter)
+    return serving_path, {d: export_adapter(model, saved_models, model_name, definition=d, **adapter) for d in layout}

@@ -11,31 +11,27 @@ support set; `eval_steps=0` scores the un-adapted model.
 `compile(loss=..., metrics=[...])` is honoured: the loss (default: binary cross-entropy on the
 logits) is the per-sample loss of both loops, the metrics are updated on the query samples with
 the query mask as sample weight.
+
+How a training step runs (bundle encoding, task chunks, XLA, chunked gradients, replica sums) is
+`limaml_tf.trainer.MetaTrainer`, a mixin of `LiMAMLModel`, as Keras keeps its model API
+(`keras/src/trainers/trainer.py`) apart from the backend's step mechanics.
 """
 
 from __future__ import annotations
-
-import collections
 
 import keras
 import tensorflow as tf
 
 import limaml_tf
-from limaml_tf import distribute, maml, memory
+from limaml_tf import distribute, maml
+from limaml_tf.api_export import limaml_export
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.definitions import MetaBlocks, is_multi
 from limaml_tf.features import FeatureEncoder, FeatureSpec
-from limaml_tf.tasks import SETS, check_saved_version, non_negative_int, non_negative_number
+from limaml_tf.checks import check_saved_version, non_negative_int, non_negative_number
+from limaml_tf.trainer import XLA_ONE_STEP_MAX_SLOTS, MetaTrainer, Untracked  # noqa: F401 (re-exported)
 
 AGGREGATIONS = maml.AGGREGATIONS
-# jit_inner_loop="auto" at n = 1: XLA for chunks of at most this many task slots (tasks x (support + query)).
-# Measured on 2 CPU cores (docs/training_at_scale.md): XLA step / TF step 0.78-0.94 from 4,096 to 32,768
-# slots, 1.08-1.20 at 65,536. From 2 inner steps XLA was faster at every size measured.
-XLA_ONE_STEP_MAX_SLOTS = 32_768
-
-
-class _Untracked(collections.UserDict):
-    """A mapping Keras/TF object tracking leaves alone (a tracked dict with int keys breaks SavedModel export)."""
 
 
 def _sample_loss(loss):
@@ -52,8 +48,8 @@ def _sample_loss(loss):
     return sample_loss
 
 
-@keras.saving.register_keras_serializable("limaml_tf")
-class LiMAMLModel(keras.Model):
+@limaml_export
+class LiMAMLModel(MetaTrainer, keras.Model):
     """A ranking network split into a meta block (adapted per task) and a global block.
 
     Args:
@@ -81,9 +77,9 @@ class LiMAMLModel(keras.Model):
         learned through the inner loop; it then replaces α (and `eval_learning_rate`) everywhere.
       jit_inner_loop: compile the training inner + outer loop (after feature encoding) with XLA: True
         (the blocks must be XLA-compilable), False, or "auto": XLA where it measured faster on CPU —
-        from 2 inner steps on (1.1-1.5x), and at n = 1 for chunks of up to `XLA_ONE_STEP_MAX_SLOTS`
-        task slots (1.1-1.3x; slower above) — when the loop lowers to XLA (checked once per batch
-        shape; else the TF graph). XLA compiles anew for each batch shape (seconds to a minute).
+        from 2 inner steps on, and at n = 1 for chunks of up to `XLA_ONE_STEP_MAX_SLOTS` task slots —
+        when the loop lowers to XLA (checked once per batch shape; else the TF graph). XLA compiles
+        anew for each batch shape (seconds to a minute). Figures: docs/training_at_scale.md.
 
     >>> import keras, limaml_tf as lt
     >>> df, spec = lt.make_synthetic(num_tasks=20, mean_samples_per_task=16, seed=0)
@@ -129,20 +125,13 @@ class LiMAMLModel(keras.Model):
         self.eval_steps = self.inner_steps if eval_steps is None else non_negative_int("eval_steps", eval_steps)
         self.eval_learning_rate = (self.inner_learning_rate if eval_learning_rate is None
                                    else non_negative_number("eval_learning_rate", eval_learning_rate))
-        self.max_tasks_per_chunk = max_tasks_per_chunk
-        self._step_memory = _Untracked()  # chunk shapes -> memory.StepMemory (budgeted chunking)
-        self._chunk_fn = None  # the compiled gradient of one chunk (several chunks in a graph)
-        if jit_inner_loop not in (True, False, "auto"):
-            raise ValueError("jit_inner_loop must be True, False or 'auto' (XLA where it measured faster, when the "
-                             f"loop compiles), got {jit_inner_loop!r}")
-        self.jit_inner_loop = jit_inner_loop
+        self._init_step_mechanics(max_tasks_per_chunk, jit_inner_loop)
         if not 0.0 <= support_dropout < 1.0:
             raise ValueError(f"support_dropout must be in [0, 1), got {support_dropout}")
         self.support_dropout = float(support_dropout)
         self.mixed_loss_weight = non_negative_number("mixed_loss_weight", mixed_loss_weight)
         self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
-        self._jit_scores, self._xla_lowers = None, _Untracked()  # XLA-compiled loop; "auto": shape -> lowers?
-        self._adapt_fns = _Untracked()  # compiled adapt functions; not part of SavedModel exports
+        self._adapt_fns = Untracked()  # compiled adapt functions; not part of SavedModel exports
         dummy = self.encoder(self.spec.dummy_inputs(2))
         self.global_logits(dummy, self.embed(dummy))  # builds the blocks: the rates take their shapes
         self.inner_rates = self._make_inner_rates() if self.learn_inner_learning_rate else None
@@ -191,40 +180,6 @@ class LiMAMLModel(keras.Model):
             raise ValueError(f"meta block {self.meta_block.name!r} selects per-task parameters by task key: "
                              "pass the bundle's `task_key` (tasks.TaskSet bundles carry it)")
         return self.encoder.encode_feature(self.meta_block.task_feature, task_key)
-
-    def encode_bundle(self, bundle, step=0):
-        """Encodes a raw task bundle: features [T, S, ...], labels and masks, `task_id` [T] and per-task
-        random seeds `task_seed` [T, 2] (distinct per task, replica and training `step`)."""
-        out, dtype = {}, self.variable_dtype
-        for name in SETS:
-            mask = bundle[f"{name}_mask"]
-            out[name] = self.encode_samples(bundle[name], tf.shape(mask)[:2])
-            out[f"{name}_mask"] = tf.cast(mask, dtype)
-            out[f"{name}_label"] = tf.cast(bundle[f"{name}_label"], dtype)
-        if is_multi(self.meta_block):
-            out.update(self._encode_subtasks(bundle))
-        t = tf.shape(out["query_mask"])[0]
-        out["task_id"] = self._task_ids(bundle.get("task_key"), t)
-        replica, replicas = distribute.replica_id_and_count()
-        seeds = maml.task_seeds(t, replica, replicas)
-        stride = (self.inner_steps + 2) * maml.DRAWS_PER_PASS  # more than the forward passes of one step
-        out["task_seed"] = seeds + tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64) * stride])
-        return out
-
-    def _encode_subtasks(self, bundle):
-        """The `subtask_*` index / mask arrays of the definitions this model's meta blocks read (not the
-        primary's: its tasks are the bundle's). See `limaml_tf.tasks`."""
-        others = [d for d in self.meta_block.names if d != self.spec.primary_definition]
-        out = {"subtask_support_index": {}, "subtask_support_mask": {}, "subtask_query_index": {}}
-        for d in others:
-            if d not in bundle.get("subtask_query_index", {}):
-                raise ValueError(f"the task bundle lacks the sub-tasks of definition {d!r} (subtask_query_index"
-                                 f"[{d!r}]): build it with split_tasks / paired_tasks from a spec whose task_keys "
-                                 f"include {d!r}")
-            out["subtask_support_index"][d] = tf.cast(bundle["subtask_support_index"][d], tf.int32)
-            out["subtask_support_mask"][d] = tf.cast(bundle["subtask_support_mask"][d], self.variable_dtype)
-            out["subtask_query_index"][d] = tf.cast(bundle["subtask_query_index"][d], tf.int32)
-        return out if others else {}
 
     def encode_samples(self, raw, lead_shape):
         """Encodes raw features with leading dims `lead_shape` (e.g. [T, S]), keeping those dims."""
@@ -279,48 +234,7 @@ class LiMAMLModel(keras.Model):
         block = self.meta_block.blocks[definition]
         return MetaBlocks._call(block, encoded, training)
 
-    # -- training ----------------------------------------------------------------
-    def _hide_supports(self, encoded):
-        """support_dropout: hide the support set of a random fraction of the tasks (drawn per task and
-        replica from the step's seeds, before chunking)."""
-        seeds = encoded["task_seed"] + tf.constant([0, 1], tf.int64) * 0x5EED
-        u = tf.map_fn(lambda s: tf.random.stateless_uniform([], seed=s), seeds, fn_output_signature=tf.float32)
-        keep = tf.cast(u >= self.support_dropout, encoded["support_mask"].dtype)
-        return {**encoded, "support_mask": encoded["support_mask"] * keep[:, None]}
-
-    def normalizer(self, encoded):
-        """Tasks with a query sample in the *global* batch (summed over replicas)."""
-        count = tf.reduce_sum(tf.cast(tf.reduce_sum(encoded["query_mask"], -1) > 0, encoded["query_mask"].dtype))
-        return tf.maximum(distribute.sum_over_replicas(count), 1.0)
-
-    def uses_xla(self, chunk, training=True) -> bool:
-        """Whether a training step on `chunk` compiles its inner + outer loop with XLA: `jit_inner_loop`,
-        where "auto" means from 2 inner steps on, or at n = 1 on a chunk of at most `XLA_ONE_STEP_MAX_SLOTS`
-        task slots, when the chunk's loop lowers to XLA (checked once per shape)."""
-        if self.jit_inner_loop != "auto":
-            return bool(self.jit_inner_loop)
-        dims = (*chunk["support_mask"].shape, chunk["query_mask"].shape[1])  # tasks, support, query slots
-        if self.inner_steps < 2 and (None in dims or dims[0] * (dims[1] + dims[2]) > XLA_ONE_STEP_MAX_SLOTS):
-            return False
-        specs = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), chunk)
-        key = (tuple((tuple(s.shape), s.dtype.name) for s in tf.nest.flatten(specs)), bool(training))
-        if key not in self._xla_lowers:
-            try:
-                with tf.init_scope():  # lowered eagerly, on zeros of the chunk's shapes
-                    zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)
-                    self._xla_scores().experimental_get_compiler_ir(zeros, training)(stage="hlo")
-                self._xla_lowers[key] = True
-            except Exception:  # noqa: BLE001 - any op XLA cannot compile: run the TF graph instead
-                self._xla_lowers[key] = False
-        return self._xla_lowers[key]
-
-    def _xla_scores(self):
-        if self._jit_scores is None:
-            mixed = self.mixed_loss_weight > 0
-            self._jit_scores = tf.function(lambda enc, training: self._scores(
-                enc, self.inner_steps, self.inner_learning_rate, training, mixed), jit_compile=True)
-        return self._jit_scores
-
+    # -- training (the step's mechanics: `limaml_tf.trainer`) --------------------
     def objective(self, chunk, normalizer, training=True, jit=None):
         """(this chunk's share of the outer loss, query logits [T, Q]); `jit` None: `jit_inner_loop`."""
         mixed = self.mixed_loss_weight > 0
@@ -334,120 +248,13 @@ class LiMAMLModel(keras.Model):
             per_task = per_task + self.mixed_loss_weight * out["unadapted_loss"]
         return tf.reduce_sum(per_task * has_query) / tf.cast(normalizer, per_task.dtype), out["query_logits"]
 
-    @property
-    def max_tasks_per_chunk(self):
-        return self._max_tasks_per_chunk
-
-    @max_tasks_per_chunk.setter
-    def max_tasks_per_chunk(self, value):
-        """Settable after construction (e.g. a budget for the machine a loaded model trains on)."""
-        self._chunking = memory.chunk_setting(value)
-        self._max_tasks_per_chunk = value
-
-    def tasks_per_chunk(self, encoded) -> int | None:
-        """Tasks per chunk for this encoded bundle (None: one chunk), from `max_tasks_per_chunk`."""
-        t = encoded["query_mask"].shape[0]
-        if t is None:  # a per-replica batch of unknown size
-            return None
-        budget = memory.budget_bytes(self._chunking)
-        if budget is None:
-            return self._chunking.tasks
-        return self.step_memory(encoded).tasks_within(budget, t)
-
-    def step_memory(self, encoded) -> memory.StepMemory:
-        """Estimated memory of the gradient of a chunk of this bundle's shapes (see `limaml_tf.memory`);
-        traced without XLA, once per shape."""
-        key = tuple((tuple(a.shape[1:]), a.dtype.name) for a in tf.nest.flatten(encoded))
-        if key not in self._step_memory:
-            def chunk_bytes(tasks):
-                probe = tf.nest.map_structure(lambda a: tf.TensorSpec([tasks, *a.shape[1:]], a.dtype), encoded)
-                fn = tf.function(lambda chunk: self._chunk_gradients(chunk, 1.0, jit=False))
-                return memory.graph_bytes(fn.get_concrete_function(probe).graph)
-            self._step_memory[key] = memory.fit_step_memory(chunk_bytes)
-        return self._step_memory[key]
-
-    def _chunks(self, encoded):
-        size = self.tasks_per_chunk(encoded)
-        if not size:
-            return [encoded]
-        t = encoded["query_mask"].shape[0]
-        return [tf.nest.map_structure(lambda a: a[s:s + size], encoded) for s in range(0, t, size)]
-
-    def _chunk_gradients(self, chunk, normalizer, regularize=False, jit=None):
-        """(loss, gradients for self.trainable_variables, query logits) of one chunk of tasks."""
-        optimizer = getattr(self, "optimizer", None)
-        with tf.GradientTape() as tape:
-            loss, q_logits = self.objective(chunk, normalizer, training=True, jit=jit)
-            if regularize and self.losses:  # regularization, once per step (a 1/R share per replica)
-                loss += tf.cast(tf.add_n(self.losses), loss.dtype) / distribute.num_replicas()
-            scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
-        return loss, tape.gradient(scaled, self.trainable_variables), q_logits
-
-    def compute_gradients(self, bundle):
-        """(loss, gradients for self.trainable_variables, query logits, encoded bundle) of one training
-        step. Under a tf.distribute strategy they are this replica's share (its tasks over the global
-        task count). Gradients of embedding tables stay `tf.IndexedSlices`."""
-        optimizer = getattr(self, "optimizer", None)
-        step = optimizer.iterations if optimizer is not None else 0
-        encoded = self.encode_bundle(bundle, step)
-        if self.support_dropout:
-            encoded = self._hide_supports(encoded)
-        return (*self.encoded_gradients(encoded), encoded)
-
-    def encoded_gradients(self, encoded):
-        """(loss, gradients, query logits) of an encoded bundle, chunk by chunk (`compute_gradients`
-        after feature encoding)."""
-        normalizer = self.normalizer(encoded)
-        variables = self.trainable_variables
-        total, grads, logits = 0.0, [None] * len(variables), []
-        chunks = self._chunks(encoded)
-        gradients_of = self._chunk_gradients
-        if len(chunks) > 1 and not tf.executing_eagerly():
-            # one function called per chunk (not inlined: the graph holds one chunk's ops, not k copies),
-            # one call after the other (else the executor would run them all at once): at most one
-            # chunk's inner loop is in memory
-            if self._chunk_fn is None:
-                self._chunk_fn = tf.function(self._chunk_gradients, experimental_attributes={"_noinline": True})
-            gradients_of = self._chunk_fn
-        for i, chunk in enumerate(chunks):
-            if i and gradients_of is self._chunk_fn:
-                with tf.control_dependencies([g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]):
-                    chunk = tf.nest.map_structure(tf.identity, chunk)
-            loss, chunk_grads, q_logits = gradients_of(chunk, normalizer, regularize=i == 0 and bool(self.losses))
-            grads = [distribute.add_gradients(g, c) for g, c in zip(grads, chunk_grads)]
-            total += loss
-            logits.append(q_logits)
-        grads = [tf.zeros_like(v) if g is None else distribute.merge_duplicate_rows(g) for g, v in zip(grads, variables)]
-        return total, grads, tf.concat(logits, 0)
-
-    def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`; a `tf.data.Dataset` of task bundles shuffles itself (`TaskSet.dataset`),
-        so `shuffle` defaults to False for it instead of Keras warning that it ignores `shuffle=True`."""
-        if isinstance(x, tf.data.Dataset) and len(args) < 8:  # `shuffle` is fit's 9th positional argument
-            kwargs.setdefault("shuffle", False)
-        return super().fit(x, *args, **kwargs)
-
     def train_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
         loss, grads, q_logits, encoded = self.compute_gradients(bundle)
-        variables = self.trainable_variables
-        context = distribute.replica_context()
-        if context is None:
-            self.optimizer.apply_gradients(zip(grads, variables))
-        else:
-            grads = distribute.all_reduce_gradients(context, grads, variables)
-            distribute.apply_summed_gradients(self.optimizer, grads, variables)
+        self._apply_gradients(grads)
         return self._logs(loss, encoded, q_logits)
 
     # -- evaluation ----------------------------------------------------------------
-    def _logs(self, loss, encoded, q_logits):
-        # the Mean tracker sums totals and counts over replicas: a replica's share * R averages to the total
-        self._loss_tracker.update_state(loss * distribute.num_replicas())
-        probs = tf.sigmoid(tf.cast(q_logits, tf.float32))
-        self.compute_metrics(None, tf.reshape(encoded["query_label"], [-1]), tf.reshape(probs, [-1]),
-                             sample_weight=tf.reshape(encoded["query_mask"], [-1]))
-        return distribute.multi_worker_logs(self.get_metrics_result())
-
     def test_step(self, data):
         bundle = data[0] if isinstance(data, tuple) else data
         encoded = self.encode_bundle(bundle)
@@ -472,16 +279,6 @@ class LiMAMLModel(keras.Model):
                 lambda b, lr: tf.sigmoid(self._scores(self.encode_bundle(b), steps, lr, False)["query_logits"]),
                 reduce_retracing=True)
         return self._adapt_fns[steps](bundle, tf.constant(lr, tf.float32)).numpy()
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a tf.distribute strategy, Keras 3 averages a sample batch over the replicas here to build
-        # the model symbolically, which fails on string features (raw categorical inputs). Every weight
-        # exists since __init__: only the optimizer needs building (in the strategy's scope).
-        if self._distribute_strategy is None:
-            return super()._maybe_symbolic_build(iterator, data_batch)
-        with self.distribute_strategy.scope():
-            if self.optimizer is not None and not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
 
     # -- serialization -----------------------------------------------------
     def get_config(self):

@@ -33,52 +33,20 @@ No Keras: the Beam pipelines and the TFRecord reader import this module.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from limaml_tf import __version__
-from limaml_tf.spec import ArtifactError, FeatureError, FeatureSpec
+from limaml_tf.api_export import limaml_export
+from limaml_tf.checks import positive_int
+from limaml_tf.spec import FeatureError, FeatureSpec
 
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: Beam drivers read tasks without it
     import tensorflow as tf
 
 SETS = ("support", "query")
 SUBTASK_ARRAYS = ("subtask_key", "subtask_query_index", "subtask_support_index", "subtask_support_mask")
-
-
-def positive_int(name: str, value, allow_none: bool = False):
-    """`value` as an int >= 1 (or None when allowed); ValueError naming `name` otherwise."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{' or None (no limit)' if allow_none else ''}, "
-                         f"got {value!r}: pass a positive count")
-    return int(value)
-
-
-def non_negative_int(name, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def non_negative_number(name, value) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-def check_saved_version(saved: str | None, what: str) -> None:
-    """A model saved by another minor version of the package may not load the same way: refuse it.
-    (Files saved before the version was recorded carry none and load as before.)"""
-    if saved is not None and saved.split(".")[:2] != __version__.split(".")[:2]:
-        raise ArtifactError(f"this {what} was saved by limaml-tf {saved}, this is limaml-tf {__version__}: "
-                            f"load it with limaml-tf=={saved} (pip install 'limaml-tf=={saved}'), or re-train it "
-                            "with this version")
 
 
 def recent_order(codes: np.ndarray, t: np.ndarray, max_samples_per_task: int | None) -> np.ndarray:
@@ -121,6 +89,7 @@ def keep_most_recent(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: 
     return out.assign(_t=t, _row=rows)
 
 
+@limaml_export
 @dataclasses.dataclass
 class TaskSet:
     """All tasks of a dataset as padded numpy arrays (see module docstring)."""
@@ -284,6 +253,7 @@ def recent_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int)
                           "support_mask": (slot < kept[:, None]).astype(np.float32), "support_time": t[src]})
 
 
+@limaml_export
 def split_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int = 100,
                 support_fraction: float = 0.75, min_samples_per_task: int = 2) -> TaskSet:
     """Training tasks: per task, the most recent samples split chronologically into support / query.
@@ -313,6 +283,7 @@ def split_tasks(df: pd.DataFrame, spec: FeatureSpec, max_samples_per_task: int =
                      {"support": s_len, "query": cap - s_len})
 
 
+@limaml_export
 def paired_tasks(support_df: pd.DataFrame, query_df: pd.DataFrame, spec: FeatureSpec,
                  max_support: int = 100, max_query: int = 100) -> TaskSet:
     """Evaluation tasks: support = each task's samples in `support_df` (e.g. the validation period,
@@ -332,6 +303,7 @@ def paired_tasks(support_df: pd.DataFrame, query_df: pd.DataFrame, spec: Feature
                      {"support": max_support, "query": max_query})
 
 
+@limaml_export
 def time_split(df: pd.DataFrame, spec: FeatureSpec, quantiles=(0.7, 0.85)):
     """Splits rows into train / validation / test by global timestamp quantiles."""
     t = df[spec.timestamp]

@@ -63,6 +63,28 @@ def make_optimizer(tasks_per_batch: int, base_lr: float = 3e-3, base_tasks: int 
                                  "config": {"learning_rate": lr, "global_clipnorm": clipnorm}})
 
 
+def build_models(spec, inner_learning_rate: float = 0.5, learning_rate: float = 3e-3, inner_steps: int = 1,
+                 embedding_dim: int = 8, tasks_per_batch: int = 32, total_steps: int | None = None):
+    """LiMAML and the vanilla baseline on the same blocks (`MLPMetaBlock` + `MLPGlobalBlock`), compiled:
+    the demo's pair. The outer optimizer has the paper's settings (learning rate for 32 tasks scaled to
+    `tasks_per_batch`, global-norm clip 1.0, 5 % warm-up then cosine decay over `total_steps`)."""
+    from limaml_tf.blocks import MLPGlobalBlock, MLPMetaBlock
+    from limaml_tf.model import LiMAMLModel
+    from limaml_tf.vanilla import VanillaModel
+
+    def blocks():
+        return (MLPMetaBlock(spec.meta_features, output_dim=embedding_dim),
+                MLPGlobalBlock(spec.other_features))
+
+    limaml = LiMAMLModel(*blocks(), spec, inner_steps=inner_steps, inner_learning_rate=inner_learning_rate,
+                         name="limaml")
+    vanilla = VanillaModel(*blocks(), spec, eval_learning_rate=inner_learning_rate, name="vanilla")
+    warmup = max(1, total_steps // 20) if total_steps else 0
+    for m in (limaml, vanilla):
+        m.compile(optimizer=make_optimizer(tasks_per_batch, learning_rate, warmup_steps=warmup, decay_steps=total_steps))
+    return limaml, vanilla
+
+
 def logical_cpus(count: int) -> list:
     """Splits the first CPU into `count` logical devices (call before TensorFlow touches any device);
     MirroredStrategy then runs one replica per logical device. For tests and benchmarks on CPU."""

@@ -110,7 +110,7 @@ def setup(top: str) -> None:
     model, _, df = tiny_model(seed=0)
     os.makedirs(os.path.join(top, "interactions"))
     df.to_parquet(os.path.join(top, "interactions", "part-0.parquet"))
-    export_adapter(model, os.path.join(top, "adapter"), model_version="1")
+    shutil.move(export_adapter(model, os.path.join(top, "export"), "ranker", version=1), os.path.join(top, "adapter"))
     train_df, _ = make_synthetic(num_tasks=40, mean_samples_per_task=20, seed=3)
     train_df.to_csv(os.path.join(top, "train.csv"), index=False)
     make_synthetic(num_tasks=20, mean_samples_per_task=20, seed=4)[0].to_csv(os.path.join(top, "held_out.csv"), index=False)
@@ -129,7 +129,7 @@ def train(top: str, kill_at: int | None) -> None:
 
 
 def cli(argv: list[str]) -> None:
-    from limaml_tf.cli import main
+    from limaml_cli import main
 
     code = main(argv)
     if code:
@@ -223,7 +223,7 @@ if __name__ == "__main__":
     import tensorflow  # noqa: F401
 
     import beam_pipelines.refresh_embeddings  # noqa: F401
-    import limaml_tf.cli  # noqa: F401
+    import limaml_cli  # noqa: F401
     import limaml_tf.export  # noqa: F401
     import limaml_tf.feature_store  # noqa: F401
     import tests.serving_helpers  # noqa: F401

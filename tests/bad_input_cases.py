@@ -60,7 +60,7 @@ def _model(ctx, **kw):
 def cli(argv: list[str]) -> None:
     """Runs `limaml argv` in-process; raises CLIError(the stderr line) when it fails as it should: exit
     status 1 and exactly one `limaml <cmd>: error:` line, no traceback."""
-    from limaml_tf.cli import main
+    from limaml_cli import main
     err = io.StringIO()
     with redirect_stderr(err):
         rc = main(argv)
@@ -127,7 +127,7 @@ def _other_data_set(ctx):
 
 
 def _ms_rows_dead_letter(ctx):
-    from beam_pipelines.interactions import check_rows
+    from beam_pipelines.row_checks import check_rows
     df = ctx.df.iloc[:5]
     ok, dead = check_rows(_with(df, timestamp=df["timestamp"] * 1000 + 1.7e12), ctx.spec)
     assert len(ok) == 0 and len(dead) == 5
@@ -201,7 +201,7 @@ def _full_disk_export(ctx, monkeypatch):
 
 def _export_adapter(ctx, **kw):
     from limaml_tf.export import export_adapter
-    export_adapter(ctx.model, str(ctx.tmp / "adapter_x"), **kw)
+    export_adapter(ctx.model, str(ctx.tmp / "adapter_x"), "ranker", **kw)
 
 
 def _read_serving_metadata(path):
@@ -222,7 +222,7 @@ def _million_samples(ctx):
 
 
 def _unicode_and_long_keys(ctx):
-    from beam_pipelines.interactions import stable_bucket
+    from beam_pipelines.shuffle import stable_bucket
     from limaml_tf.serving.client import InMemoryEmbeddingStore
     keys = {k: f"user-{i}-😀é中" + "x" * (10_000 if i % 2 else 0) for i, k in enumerate(ctx.df.user_id.unique())}
     df = ctx.df.assign(user_id=ctx.df.user_id.map(keys))

@@ -23,7 +23,7 @@ T = 8
 @pytest.fixture(scope="module")
 def adapter(tiny, tmp_path_factory):  # noqa: F811
     model, spec, df = tiny
-    path = export_adapter(model, str(tmp_path_factory.mktemp("adapter") / "a"), steps=2, learning_rate=0.3)
+    path = export_adapter(model, str(tmp_path_factory.mktemp("adapter")), "a", steps=2, learning_rate=0.3)
     tasks = recent_tasks(df, spec, 6)
     return model, spec, df, path, tasks
 

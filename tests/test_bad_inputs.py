@@ -38,7 +38,7 @@ class Context:
     @functools.cached_property
     def adapter(self) -> str:
         from limaml_tf.export import export_adapter
-        return export_adapter(self.model, str(self.tmp / "adapter"))
+        return export_adapter(self.model, str(self.tmp / "adapter"), "ranker")
 
     @functools.cached_property
     def interactions_dir(self) -> str:
@@ -100,7 +100,7 @@ def test_reliability_doc_is_current():
 
 
 def test_cli_error_is_one_line_without_traceback_in_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "limaml_tf.cli", "serve", "--saved-models", "/nonexistent"],
+    proc = subprocess.run([sys.executable, "-m", "limaml_cli", "serve", "--saved-models", "/nonexistent"],
                           capture_output=True, text=True, timeout=120)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -108,7 +108,7 @@ def test_cli_error_is_one_line_without_traceback_in_a_real_process():
 
 
 def test_traceback_flag_and_environment_show_the_traceback(monkeypatch):
-    from limaml_tf.cli import main
+    from limaml_cli import main
     with pytest.raises(FileNotFoundError):
         main(["--traceback", "serve", "--saved-models", "/nonexistent"])
     monkeypatch.setenv("LIMAML_TRACEBACK", "1")
@@ -117,7 +117,7 @@ def test_traceback_flag_and_environment_show_the_traceback(monkeypatch):
 
 
 def test_usage_errors_exit_2(capsys):
-    from limaml_tf.cli import main
+    from limaml_cli import main
     with pytest.raises(SystemExit) as info:
         main(["serve", "--port", "eighty"])
     assert info.value.code == 2 and "limaml serve: error: argument --port" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from limaml_tf import config as cf
-from limaml_tf.cli import build_parser, main
+from limaml_cli import build_parser, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -43,7 +43,7 @@ def test_usage_error_is_one_line_and_exit_2(capsys, argv, flag):
 def test_library_logs_go_to_the_log_file(tmp_path, capfd, monkeypatch):
     """What is written to file descriptor 2 (TensorFlow's C++ logs, Beam's workers) goes to the log file;
     the command's own output stays on stdout; --verbose shows the logs."""
-    import limaml_tf.cli.serve as serve
+    import limaml_cli.serve as serve
 
     def noisy(args):
         os.write(2, b"I0000 cuda_stub.cc] Could not find cuda drivers\n")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from limaml_tf.experiments.metrics import per_user_auc, per_user_ndcg, pooled_auc, stats, summarize
-from limaml_tf.experiments.stats import best_baseline, paired_over_seeds, wilcoxon_users
-from limaml_tf.experiments.tuning import choose, snapshot_epochs
+from limaml_eval.metrics import per_user_auc, per_user_ndcg, pooled_auc, summarize
+from limaml_eval.stats import best_baseline, mean_std, paired_over_seeds, wilcoxon_users
+from limaml_eval.tuning import choose, snapshot_epochs
 
 
 def _pred(rows):
@@ -57,9 +57,22 @@ def test_ndcg_by_hand():
     assert per_user_ndcg(_pred([("x", 1, 0.5)]), 5).empty
 
 
-def test_stats_uses_sample_std():
-    assert stats([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2)))
-    assert stats([5.0, float("nan")]) == (5.0, 0.0)
+def test_mean_std_uses_sample_std():
+    assert mean_std([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2)))
+    mean, std = mean_std([5.0, float("nan")])  # one finite value: a mean, no spread
+    assert mean == 5.0 and math.isnan(std)
+    assert all(math.isnan(x) for x in mean_std([]))
+
+
+def test_both_report_families_print_the_same_mean_and_std():
+    """The paper tables' report and the protocols' report format "m ± s" with one function (ddof = 1)."""
+    from limaml_eval.markdown import fmt
+    from limaml_eval.paper_report import _gain
+
+    runs = [{"auc": {"LiMAML": {"all": a}, "vanilla": {"all": 0.5}}} for a in (0.505, 0.51, 0.52)]
+    gains = [100 * (a / 0.5 - 1) for a in (0.505, 0.51, 0.52)]
+    assert _gain(runs, "LiMAML", "all") == pytest.approx((sum(gains) / 3, float(np.std(gains, ddof=1))))
+    assert fmt(mean_std(gains), "%", 2, True) == "+2.33% ± 1.53"
 
 
 def _record(row, epoch, steps, lr, auc, setting="K=5"):
@@ -111,7 +124,7 @@ def test_wilcoxon_on_per_user_auc():
 
 
 def test_paired_test_candidates_and_the_one_chosen_on_validation():
-    from limaml_tf.experiments.report import _paired_table, candidate_rows, chosen_candidate
+    from limaml_eval.report import _paired_table, candidate_rows, chosen_candidate
 
     def run(seed, val, test):
         rows = ["vanilla+FT", "a+FT", "b+FT", "b"]

@@ -2,7 +2,7 @@
 
 * `import limaml_tf` has no side effects on the environment and imports neither Beam, Feast nor gRPC
   (nor, being lazy, Keras or TensorFlow);
-* no library module imports the CLI (`limaml_tf.cli`) or the pipelines (`beam_pipelines`);
+* no library module imports the CLI (`limaml_cli`) or the pipelines (`beam_pipelines`);
 * code that runs on a Beam worker (the pipelines, the RunInference handler) and the serving client
   import neither Keras nor the model code — they import with Keras made unimportable;
 * the adapter SavedModel loads and runs with Keras made unimportable. TensorFlow itself imports Keras
@@ -30,9 +30,10 @@ from tests.serving_helpers import tiny  # noqa: F401 (fixture)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER_MODULES = ["beam_pipelines.adapter_handler", "beam_pipelines.refresh_stages", "beam_pipelines.interactions",
-                  "beam_pipelines.sinks",
+                  "beam_pipelines.row_checks", "beam_pipelines.shuffle", "beam_pipelines.sinks",
                   "beam_pipelines.runner", "beam_pipelines.refresh_embeddings", "beam_pipelines.build_training_data",
-                  "limaml_tf.serving.client", "limaml_tf.serving.server", "limaml_tf.artifacts", "limaml_tf.tfrecords"]
+                  "limaml_tf.serving.client", "limaml_tf.serving.server", "limaml_tf.serving.repository",
+                  "limaml_tf.serving.request_checks", "limaml_tf.artifacts", "limaml_tf.tfrecords"]
 MODEL_MODULES = ["limaml_tf.model", "limaml_tf.blocks", "limaml_tf.features", "limaml_tf.export"]
 PRELUDE = textwrap.dedent("""
     import json, sys
@@ -58,7 +59,7 @@ import os
 before = dict(os.environ)
 import limaml_tf
 print(json.dumps({"modules": sorted(m for m in ("beam_pipelines", "apache_beam", "feast", "grpc", "keras",
-                                               "tensorflow", "limaml_tf.model", "limaml_tf.cli") if m in sys.modules),
+                                               "tensorflow", "limaml_tf.model", "limaml_cli") if m in sys.modules),
                   "env_changed": sorted(set(os.environ.items()) ^ set(before.items())),
                   "keras_backend": os.environ.get("KERAS_BACKEND")}))
 """)
@@ -74,6 +75,55 @@ def test_public_names_still_import_lazily():
         lt.nope
 
 
+PUBLIC = {"DCNGlobalBlock", "FeatureEmbedding", "IDEmbeddingMetaBlock", "MLPGlobalBlock", "MLPMetaBlock",
+          "TransformerMetaBlock", "add_sequences", "Feature", "FeatureError", "FeatureSpec", "FeatureEncoder",
+          "LiMAMLModel", "MetaBlocks", "VanillaModel", "make_synthetic", "TaskSet", "paired_tasks", "split_tasks",
+          "time_split"}
+KERAS_CLASSES = {"DCNGlobalBlock", "FeatureEmbedding", "IDEmbeddingMetaBlock", "MLPGlobalBlock", "MLPMetaBlock",
+                 "TransformerMetaBlock", "FeatureEncoder", "LiMAMLModel", "MetaBlocks", "VanillaModel"}
+
+
+def test_every_decorated_name_is_exported_and_keras_classes_are_registered():
+    """The names decorated with `limaml_export` (found in the source) resolve from `limaml_tf` to the
+    object their module defines; the Keras classes among them are registered as "limaml_tf>Name", the
+    name saved .keras files hold."""
+    import importlib
+
+    import keras
+
+    import limaml_tf as lt
+    from limaml_tf import api_export
+
+    public = lt._public_names()
+    assert PUBLIC <= set(public) and lt.__all__ == sorted(public) and set(public) <= set(dir(lt))
+    assert api_export.limaml_export.__name__ == lt._DECORATOR
+    registered = set()
+    for name, module in public.items():
+        obj = getattr(lt, name)
+        assert getattr(importlib.import_module(module), name) is obj and obj.__module__ == module, name
+        if isinstance(obj, type) and issubclass(obj, (keras.layers.Layer, keras.Model)):
+            assert keras.saving.get_registered_name(obj) == f"limaml_tf>{name}"
+            assert keras.saving.get_registered_object(f"limaml_tf>{name}") is obj
+            registered.add(name)
+    assert registered >= KERAS_CLASSES
+    # the scan finds exactly what the decorator saw once the modules are imported
+    assert {n: m for n, m in api_export.exported().items() if m.split(".")[0] == "limaml_tf"} == lt._scan()
+
+
+def test_finding_the_public_names_imports_nothing():
+    """`__all__` and `dir()` read the source; a Keras-free name imports neither Keras nor TensorFlow."""
+    out = run_fresh("""
+import limaml_tf
+names, listed = limaml_tf.__all__, dir(limaml_tf)
+after_scan = sorted(m for m in sys.modules if m.startswith(("limaml_tf.", "keras", "tensorflow")))
+from limaml_tf import TaskSet, add_sequences, make_synthetic, split_tasks
+print(json.dumps({"after_scan": after_scan, "names": names, "in_dir": sorted(set(names) - set(listed)),
+                  "after_keras_free": sorted(m for m in ("keras", "tensorflow") if m in sys.modules)}))
+""")
+    assert out["after_scan"] == [] and out["after_keras_free"] == [] and out["in_dir"] == []
+    assert PUBLIC <= set(out["names"])
+
+
 def _imports(path: pathlib.Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -84,12 +134,36 @@ def _imports(path: pathlib.Path) -> set[str]:
     return names
 
 
-def test_no_library_module_imports_a_command_or_the_pipelines():
-    library = [p for p in (ROOT / "limaml_tf").rglob("*.py") if "cli" not in p.relative_to(ROOT).parts]
-    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
-                                                  if n.split(".")[0] == "beam_pipelines" or n.startswith("limaml_tf.cli"))
-                 for p in library}
+# package -> the top-level names its modules may not import (anywhere, also inside functions): the
+# dependency direction is commands (limaml_cli) -> harness (limaml_eval) / pipelines -> library
+FORBIDDEN_IMPORTS = {
+    "limaml_tf": {"limaml_cli", "limaml_eval", "beam_pipelines", "matplotlib", "scipy"},
+    "beam_pipelines": {"limaml_cli", "limaml_eval", "matplotlib", "scipy"},
+    "limaml_eval": {"limaml_cli"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN_IMPORTS))
+def test_imports_point_from_the_commands_down_to_the_library(package):
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.split(".")[0] in FORBIDDEN_IMPORTS[package])
+                 for p in (ROOT / package).rglob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_import_rule_sees_a_function_level_import(tmp_path):
+    """The rule reads imports inside functions too (the harness and commands import lazily)."""
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from limaml_eval.report import write_report\n    import scipy.stats\n")
+    assert {"limaml_eval.report", "scipy.stats"} <= _imports(module)
+
+
+def test_the_library_installs_without_the_harness_extras():
+    """matplotlib and scipy are the harness' (extra "eval"), not the library's install_requires."""
+    setup = (ROOT / "setup.py").read_text()
+    core = setup[setup.index("install_requires=["):setup.index("extras_require=")]
+    assert "matplotlib" not in core and "scipy" not in core
+    extras = setup[setup.index("extras_require="):]
+    assert '"eval": ["matplotlib' in extras and "scipy" in extras[:extras.index('"test"')]
 
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["keras-importable", "keras-blocked"])
@@ -114,7 +188,8 @@ print(json.dumps({{"new_keras": sorted(set(keras_modules()) - set(before)), "ker
 
 def test_refresh_driver_imports_no_tensorflow():
     """The refresh driver (and the Keras-free library modules it reads the adapter with) imports no
-    TensorFlow: it holds ~0.7 GB less, which counts towards the refresh's memory at scale (issue 11)."""
+    TensorFlow, which keeps the driver's memory small at scale
+    (see docs/refresh.md#data-path-and-throughput-issue-11-parts-25)."""
     out = run_fresh("""
 import beam_pipelines.refresh_embeddings, limaml_tf.spec, limaml_tf.tasks, limaml_tf.artifacts
 print(json.dumps(sorted(m for m in ("tensorflow", "keras") if m in sys.modules)))
@@ -149,7 +224,7 @@ print(json.dumps({"keras_after_import_tf": len(after_tf), "keras_top_level": "ke
 
 def test_adapter_savedmodel_loads_and_runs_without_keras(tiny, tmp_path):  # noqa: F811
     model, spec, df = tiny
-    path = export_adapter(model, str(tmp_path / "adapter"), steps=2, learning_rate=0.3)
+    path = export_adapter(model, str(tmp_path), "ranker", steps=2, learning_rate=0.3)
     normal = run_fresh(ADAPTER_RUN, path, tmp_path / "normal.npz")
     blocked = run_fresh(BLOCK_KERAS + ADAPTER_RUN, path, tmp_path / "blocked.npz")
     # What TensorFlow does by itself: importing it imports Keras (hundreds of modules); loading the

@@ -162,7 +162,7 @@ def test_meta_learning_beats_vanilla_on_planted_structure():
     0.071, 0.038 AUC; minus vanilla+fine-tune = 0.080, 0.083, 0.038, 0.025. The bars (0.02 and 0.01)
     sit below every seed's gap (about half of the smallest) and several times above the evaluation
     noise of an AUC difference at this sample count (bootstrap std ~0.005)."""
-    from limaml_tf.cli.demo import build_models
+    from limaml_tf.training import build_models
     from limaml_tf.evaluation import auc, predict_tasks
 
     keras.utils.set_random_seed(2)

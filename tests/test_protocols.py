@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from limaml_tf.experiments import Config, make_split
-from limaml_tf.experiments.protocols import split_users
+from limaml_eval import Config, make_split
+from limaml_eval.protocols import split_users
 from limaml_tf.movielens import load_tasks_frame
 from movielens_fixtures import write_ml100k
 
@@ -137,7 +137,8 @@ def test_user_cold_split(varied_frame):
 
 
 def test_time_protocol_test_set_is_todays(frame):
-    from limaml_tf.experiments.paper_tables import Config as PaperConfig, prepare
+    from limaml_eval.paper import Config as PaperConfig
+    from limaml_eval.paper_tables import prepare
 
     cfg = Config(protocol="time", quantiles=(0.6, 0.8), max_train_samples=12, time_max_support=8, time_max_query=8)
     s = make_split("time", frame, 0, cfg)

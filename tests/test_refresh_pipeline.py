@@ -14,7 +14,7 @@ import tensorflow as tf
 from beam_pipelines import refresh_embeddings as rx
 from beam_pipelines import refresh_stages
 from beam_pipelines.interactions import write_interactions_tfrecord
-from limaml_tf.cli.demo import build_models
+from limaml_tf.training import build_models
 from limaml_tf.export import CONFIG_FILE, export_adapter
 from limaml_tf.feature_store import COLD_START_KEY, EmbeddingStore
 from limaml_tf.synthetic import DAY, make_synthetic
@@ -37,7 +37,9 @@ def setup(tmp_path_factory):
     for v in model.trainable_variables:  # non-trivial weights without paying for training
         v.assign(rng.normal(0, 0.4, v.shape).astype("float32"))
     adapters = root / "adapters"
-    export_adapter(model, str(adapters / "latest"), steps=2, learning_rate=0.7, model_version="7")
+    adapters.mkdir()  # one adapter per aggregation setting under one directory (resolve_adapter)
+    shutil.move(export_adapter(model, str(root / "export"), "ranker", version=7, steps=2, learning_rate=0.7),
+                adapters / "latest")
 
     good = df.copy()
     # A task whose samples are all older than the window and a task only seen in serving: cold start.

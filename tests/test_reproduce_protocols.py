@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from limaml_tf.experiments import Config
-from limaml_tf.experiments.models import parse_variant
-from limaml_tf.experiments.report import render_report
+from limaml_eval import Config
+from limaml_eval.models import parse_variant
+from limaml_eval.report import render_report
 from movielens_fixtures import write_ml100k
 
 ROWS = ["vanilla", "vanilla+FT", "LiMAML", "LiMAML+FT"]
@@ -54,8 +54,8 @@ def test_report_tables_from_known_numbers():
 
 
 def test_cli_options():
-    from limaml_tf.cli import build_parser
-    from limaml_tf.experiments.command import generic_config, main
+    from limaml_cli import build_parser
+    from limaml_cli.reproduce import generic_config, main
 
     a = build_parser().parse_args(["reproduce", "--protocol", "few-shot", "--support-size", "5", "20", "--quick",
                                    "--variant", "LiMAML-mixed=limaml:mixed_loss_weight=0.5,first_order=True",
@@ -73,7 +73,7 @@ def test_cli_options():
 
 
 def test_unknown_model_option_names_it():
-    from limaml_tf.experiments.models import _check_model_options
+    from limaml_eval.models import _check_model_options
     from limaml_tf.model import LiMAMLModel
 
     with pytest.raises(ValueError, match="no_such_option"):
@@ -82,7 +82,7 @@ def test_unknown_model_option_names_it():
 
 
 def test_tiny_few_shot_run_through_the_cli_and_merge(tmp_path):
-    from limaml_tf.cli import main
+    from limaml_cli import main
 
     data = write_ml100k(tmp_path / "ml", extra_users=36, ratings_per_user=16)
     out = tmp_path / "s0"
@@ -116,7 +116,7 @@ def test_tiny_few_shot_run_through_the_cli_and_merge(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory):
-    from limaml_tf.experiments.protocols import make_split
+    from limaml_eval.protocols import make_split
     from limaml_tf.movielens import load_tasks_frame
 
     data = write_ml100k(tmp_path_factory.mktemp("ml"), extra_users=20, ratings_per_user=12)
@@ -129,7 +129,7 @@ def _read(block):
 
 
 def test_history_and_item_aware_options_choose_what_the_blocks_read(tiny_split):
-    from limaml_tf.experiments.models import build
+    from limaml_eval.models import build
 
     cfg, split = tiny_split
     plain = build("limaml", split.spec, cfg)
@@ -147,7 +147,7 @@ def test_history_and_item_aware_options_choose_what_the_blocks_read(tiny_split):
 def test_warm_start_trains_the_blocks_as_a_plain_model_within_the_budget(tiny_split, monkeypatch):
     import numpy as np
 
-    from limaml_tf.experiments import runner
+    from limaml_eval import runner
 
     cfg, split = tiny_split
     fitted, real_fit = [], runner.fit
@@ -175,7 +175,7 @@ def test_warm_start_trains_the_blocks_as_a_plain_model_within_the_budget(tiny_sp
 
 
 def test_compare_variants_on_validation_users_only(tmp_path):
-    from limaml_tf.cli import main
+    from limaml_cli import main
 
     dirs = []
     for name, val in (("a", {"LiMAML+FT": 0.66}), ("b", {"LiMAML+FT": 0.62})):
@@ -204,7 +204,7 @@ def test_dot_option_adds_an_exact_user_x_item_term(tiny_split):
     import tensorflow as tf
 
     from limaml_tf.blocks import FEATURES_PART, MLPGlobalBlock
-    from limaml_tf.experiments.models import DotMLPGlobalBlock, build
+    from limaml_eval.models import DotMLPGlobalBlock, build
     from limaml_tf.features import Feature
 
     cfg, split = tiny_split

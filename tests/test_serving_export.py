@@ -17,15 +17,16 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from limaml_tf import export as ex
-from limaml_tf.serving import load_check
-from limaml_tf.serving.server import ModelRepository
+from limaml_tf.artifacts import read_adapter
+from tests import cpp_load_check as load_check
+from limaml_tf.serving.repository import ModelRepository
 from limaml_tf.tasks import split_tasks
 from tests.serving_helpers import DIM, keras_probability, request_rows, tiny, tiny_model  # noqa: F401 (fixture)
 
 
 def _export(model, spec, df, base, steps=2):
     path = ex.export_serving(model, base, "ranker", train_df=df)
-    adapter = ex.export_adapter(model, os.path.join(base, "ranker_adapter", "1"), steps=steps, learning_rate=0.3)
+    adapter = ex.export_adapter(model, base, "ranker", version=1, steps=steps, learning_rate=0.3)
     return model, spec, df, base, path, adapter
 
 
@@ -90,6 +91,22 @@ def test_versions_are_integers_and_never_overwritten(exported, tmp_path):
     with pytest.raises(FileExistsError, match="next free: 3"):
         ex.export_serving(model, base, "m", version=2)
     assert ex.model_versions(os.path.join(base, "m")) == [1, 2]
+
+
+def test_adapter_export_takes_the_serving_exports_arguments(exported, tmp_path):
+    """export_serving and export_adapter take (model, base_dir, model_name, version) and return the version
+    directory they wrote; the adapter sits beside the served model and records its version."""
+    model, *_ = exported
+    base = str(tmp_path)
+    serving = ex.export_serving(model, base, "m", version=4)
+    adapter = ex.export_adapter(model, base, "m", version=4, steps=1)
+    assert serving == os.path.join(base, "m", "4") and adapter == os.path.join(base, "m_adapter", "4")
+    assert read_adapter(adapter)[1]["model_version"] == "4"
+    assert ex.export_adapter(model, base, "m") == os.path.join(base, "m_adapter", "5")  # the next free version
+    with pytest.raises(FileExistsError, match="next free: 6"):
+        ex.export_adapter(model, base, "m", version=4)
+    with pytest.raises(ValueError, match="positive integer"):
+        ex.export_adapter(model, base, "m", version=0)
 
 
 def test_half_written_export_is_never_visible(exported, tmp_path, monkeypatch):

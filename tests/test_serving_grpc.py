@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from limaml_tf import export as ex
-from limaml_tf.cli import build_parser
+from limaml_cli import build_parser
 from limaml_tf.serving import InMemoryEmbeddingStore, ServingClient, ServingError
 from limaml_tf.serving.server import start_server
 from tests.serving_helpers import DIM, keras_probability, request_rows, tiny, tiny_model  # noqa: F401
@@ -157,7 +157,7 @@ def test_serve_subcommand_is_registered():
 
 
 def test_demo_serves_one_user_through_grpc(tmp_path, capsys, tiny):
-    from limaml_tf.cli.demo import export_models, serve_one_user
+    from limaml_cli.demo import export_models, serve_one_user
     from limaml_tf.tasks import time_split
 
     model, spec, df = tiny

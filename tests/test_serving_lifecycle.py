@@ -192,7 +192,7 @@ def test_deadline_passed_before_the_model_ran(exports, tmp_path):
 def test_sigterm_stops_gracefully_after_requests_in_flight(exports, tmp_path, capsys):
     """`limaml serve` gets a real SIGTERM while a request is in flight: the request finishes, the server
     refuses new ones and the command returns 0."""
-    from limaml_tf.cli.serve import serve
+    from limaml_cli.serve import serve
 
     _, spec, df = exports
     base = saved_models_with(exports, tmp_path, 1)
@@ -259,7 +259,7 @@ def test_a_version_that_fails_to_load_is_reported_and_the_served_one_stays(expor
 
 
 def test_version_policy():
-    from limaml_tf.serving.server import aspired
+    from limaml_tf.serving.repository import aspired
 
     config = model_server_config_pb2.ModelConfig(name="m")
     assert aspired(None, [1, 3, 4]) == [4] and aspired(config, [1, 3, 4]) == [4]

@@ -29,7 +29,7 @@ limaml evaluate runs/mine/model.keras --data data/next_week.csv --support data/t
 
 
 def add_parser(sub):
-    from limaml_tf.cli import add_command
+    from limaml_cli import add_command
 
     p = add_command(sub, "train", "train LiMAML from a YAML config on your data (Parquet / CSV)", TRAIN_EXAMPLES)
     p.add_argument("--config", required=True, help="YAML config: data, features, model, training, output "
@@ -121,7 +121,7 @@ def _export(model, saved_models, name, train_df, steps, aggregation) -> None:
 
 def export(a) -> int:
     from limaml_tf.config import read_table
-    from limaml_tf.tasks import positive_int
+    from limaml_tf.checks import positive_int
     from limaml_tf.training import load_model
 
     if a.steps is not None:
@@ -135,7 +135,8 @@ def export(a) -> int:
 def evaluate(a) -> int:
     from limaml_tf.artifacts import atomic_write_text
     from limaml_tf.config import read_table
-    from limaml_tf.tasks import non_negative_int, paired_tasks, split_tasks
+    from limaml_tf.checks import non_negative_int
+    from limaml_tf.tasks import paired_tasks, split_tasks
     from limaml_tf.training import load_model
 
     steps = None if a.steps is None else non_negative_int("--steps", a.steps)

@@ -14,11 +14,11 @@ import tempfile
 
 # module path -> registers one or more subcommands
 COMMAND_MODULES = [
-    "limaml_tf.cli.demo",
-    "limaml_tf.cli.train",
-    "limaml_tf.cli.serve",
-    "limaml_tf.cli.refresh",
-    "limaml_tf.cli.reproduce",
+    "limaml_cli.demo",
+    "limaml_cli.train",
+    "limaml_cli.serve",
+    "limaml_cli.refresh",
+    "limaml_cli.reproduce",
 ]
 LOG_FILE = "limaml.log"
 

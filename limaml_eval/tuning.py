@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from limaml_tf.evaluation import predict_tasks
-from limaml_tf.experiments.metrics import pooled_auc, summarize
+from limaml_eval.metrics import pooled_auc, summarize
 
 
 class Snapshots(keras.callbacks.Callback):

@@ -1,7 +1,7 @@
 """Runs one protocol over seeds: per seed, train every model on the training users, choose its
 settings on the validation users, score the test users once with them; then the report.
 
-    from limaml_tf.experiments import Config, run
+    from limaml_eval import Config, run
     run(Config.quick(protocol="few-shot", data_path="../shared/data/ml-100k"), "runs/few-shot")
 """
 
@@ -15,10 +15,10 @@ import os
 import keras
 import pandas as pd
 
-from limaml_tf.experiments.models import BLOCK_OPTIONS, TARGET, build, parse_variant, variants_for
-from limaml_tf.experiments.protocols import PROTOCOLS, make_split
-from limaml_tf.experiments.stats import best_baseline
-from limaml_tf.experiments.tuning import choose, fine_tune_grid, fit, score_test, tune
+from limaml_eval.models import BLOCK_OPTIONS, TARGET, build, parse_variant, variants_for
+from limaml_eval.protocols import PROTOCOLS, make_split
+from limaml_eval.stats import best_baseline
+from limaml_eval.tuning import choose, fine_tune_grid, fit, score_test, tune
 
 
 @dataclasses.dataclass
@@ -151,7 +151,7 @@ def run_seed(cfg: Config, frame: pd.DataFrame, seed: int, verbose: int = 0, log=
         scores = ", ".join(f"{r} {run['test'][setting][r]['auc']:.4f}" for r in run["rows"])
         log(f"[seed {seed}] {setting} test AUC: {scores}")
     if cfg.sensitivity:
-        from limaml_tf.experiments.sensitivity import run_sensitivity
+        from limaml_eval.sensitivity import run_sensitivity
 
         run["sensitivity"] = run_sensitivity(cfg, split, seed, run, verbose, log)
     return run
@@ -160,7 +160,7 @@ def run_seed(cfg: Config, frame: pd.DataFrame, seed: int, verbose: int = 0, log=
 def run(cfg: Config, outdir: str, command: str = "limaml reproduce", verbose: int = 0,
         frame: pd.DataFrame | None = None, log=print) -> dict:
     """All seeds of `cfg.protocol`; writes report.md, results.json and plots to `outdir`."""
-    from limaml_tf.experiments.report import write_report
+    from limaml_eval.report import write_report
 
     frame = load_frame(cfg) if frame is None else frame
     runs = [run_seed(cfg, frame, seed, verbose, log) for seed in cfg.seeds]
@@ -171,7 +171,7 @@ def run(cfg: Config, outdir: str, command: str = "limaml reproduce", verbose: in
 
 def merge(result_dirs: list[str], outdir: str, command: str) -> str:
     """One report from runs of the same protocol and settings made separately (e.g. one per seed)."""
-    from limaml_tf.experiments.report import write_report
+    from limaml_eval.report import write_report
 
     loaded = []
     for d in result_dirs:

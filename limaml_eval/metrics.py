@@ -13,7 +13,6 @@ columns task_key (the user), label (0/1), probability.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import ndcg_score, roc_auc_score
 
@@ -65,12 +64,3 @@ def summarize(pred: pd.DataFrame, with_users: bool = False) -> dict:
     if with_users:
         out["per_user_auc"] = {str(u): v for u, v in users.items()}
     return out
-
-
-def stats(values) -> tuple[float, float]:
-    """(mean, sample std (ddof = 1; 0 for a single value)) of the finite values; NaNs if none."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0

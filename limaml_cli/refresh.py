@@ -13,7 +13,7 @@ limaml refresh ... -- --runner=DaskRunner --dask_client_address=HOST:8786
 
 def add_parser(sub):
     from beam_pipelines.refresh_embeddings import add_arguments
-    from limaml_tf.cli import add_command
+    from limaml_cli import add_command
 
     p = add_command(sub, "refresh", "Beam refresh of meta embeddings (Algorithm 2b) into Feast", EXAMPLES,
                     description="Beam refresh of meta embeddings (Algorithm 2b) into Feast. Beam pipeline options "

@@ -13,10 +13,10 @@ import os
 
 import numpy as np
 
-from limaml_tf.experiments import metrics as M
-from limaml_tf.experiments.markdown import fmt, plot_learning_curves, pvalue, savefig, table
-from limaml_tf.experiments.models import TARGET
-from limaml_tf.experiments.stats import paired_over_seeds, per_user_tests
+from limaml_eval import metrics as M
+from limaml_eval.markdown import fmt, plot_learning_curves, pvalue, savefig, table
+from limaml_eval.models import TARGET
+from limaml_eval.stats import mean_std, paired_over_seeds, per_user_tests
 
 PROTOCOL_TEXT = {
     "time": "Global time split (paper §6): train / validation / test periods by timestamp quantiles "
@@ -53,8 +53,8 @@ def _metric_table(runs, setting) -> str:
     header = ["model"] + [M.METRIC_NAMES[m] for m in M.METRICS] + ["validation AUC (chosen)"]
     rows = []
     for row in _rows(runs):
-        cells = [row] + [fmt(M.stats([r["test"][setting][row][m] for r in runs])) for m in M.METRICS]
-        cells.append(fmt(M.stats([r["chosen"][setting][row]["val_auc"] for r in runs])))
+        cells = [row] + [fmt(mean_std([r["test"][setting][row][m] for r in runs])) for m in M.METRICS]
+        cells.append(fmt(mean_std([r["chosen"][setting][row]["val_auc"] for r in runs])))
         rows.append(cells)
     return table(header, rows)
 
@@ -112,7 +112,7 @@ def _chosen_table(runs, setting) -> str:
 
 def _how_text(runs, cfg) -> str:
     n = sum(len(r["candidates"]) for r in runs)
-    from limaml_tf.experiments.tuning import snapshot_epochs
+    from limaml_eval.tuning import snapshot_epochs
 
     return (f"How: every model is trained {cfg.epochs} epochs (β = {cfg.learning_rate:g}, {cfg.tasks_per_batch} "
             f"users per batch; meta-learned models: n = {cfg.inner_steps}, α = {cfg.inner_learning_rate:g}); the "
@@ -125,7 +125,7 @@ def _how_text(runs, cfg) -> str:
 
 
 def render_report(runs: list[dict], cfg, commands: list[str], plots: list[str]) -> str:
-    from limaml_tf.experiments.sensitivity import render as render_sensitivity
+    from limaml_eval.sensitivity import render as render_sensitivity
 
     params = dataclasses.asdict(cfg)
     out = [f"# LiMAML on MovieLens ({cfg.dataset}): {cfg.protocol} protocol", "", "Produced by:", "", "```",
@@ -140,7 +140,7 @@ def render_report(runs: list[dict], cfg, commands: list[str], plots: list[str]) 
                 f"### Settings chosen on the validation users, {setting}", "", _chosen_table(runs, setting), ""]
     out += ["## How the settings were chosen", "", _how_text(runs, cfg), ""]
     out += render_sensitivity(runs, cfg)
-    out += ["## Training time", "", table(["model", "s / epoch"], [[m, fmt(M.stats([r["seconds"][m] for r in runs]),
+    out += ["## Training time", "", table(["model", "s / epoch"], [[m, fmt(mean_std([r["seconds"][m] for r in runs]),
                                                                              " s", 1)] for m in runs[0]["seconds"]]),
             "", "## Plots", "", *[f"![{os.path.splitext(p)[0]}]({p})" for p in plots], "",
             "Settings: " + ", ".join(f"{k} = {v}" for k, v in params.items() if k not in ("data_path", "seeds")), ""]
@@ -165,7 +165,7 @@ def plot(runs: list[dict], outdir: str) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, metric in zip(axes, ("auc", "user_auc")):
             for row in _rows(runs):
-                s = [M.stats([r["test"][f"K={k}"][row][metric] for r in runs]) for k in ks]
+                s = [mean_std([r["test"][f"K={k}"][row][metric] for r in runs]) for k in ks]
                 ax.errorbar(ks, [x[0] for x in s], yerr=[x[1] for x in s], marker="o", capsize=2, label=row,
                             ls="-" if row.endswith("+FT") else ":")
             ax.set_xlabel("support size K (ratings)")

@@ -11,7 +11,7 @@
 * `command` — the `limaml reproduce` subcommand.
 """
 
-from limaml_tf.experiments.protocols import PROTOCOLS, Split, make_split
-from limaml_tf.experiments.runner import Config, merge, run, run_seed
+from limaml_eval.protocols import PROTOCOLS, Split, make_split
+from limaml_eval.runner import Config, merge, run, run_seed
 
 __all__ = ["PROTOCOLS", "Config", "Split", "make_split", "merge", "run", "run_seed"]

@@ -18,7 +18,8 @@ from collections import defaultdict
 import numpy as np
 
 from limaml_tf.artifacts import atomic_write_text
-from limaml_tf.experiments.stats import best_baseline
+from limaml_eval.markdown import fmt
+from limaml_eval.stats import best_baseline, mean_std
 
 
 def load_runs(result_dirs) -> tuple[dict, list[dict]]:
@@ -70,9 +71,8 @@ def render(result_dirs, command: str = "") -> str:
         for row, per_seed in rows.items():
             auc = np.array([v[0] for v in per_seed.values()])
             gain = np.array([v[0] - v[1] for v in per_seed.values()])
-            sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0  # noqa: E731
-            table.append((auc.mean(), f"| {row} | {auc.mean():.4f} ± {sd(auc):.4f} | {gain.mean():+.4f} ± "
-                                      f"{sd(gain):.4f} | {int((gain > 0).sum())}/{len(gain)} |"))
+            table.append((auc.mean(), f"| {row} | {fmt(mean_std(auc))} | {fmt(mean_std(gain), sign=True)} | "
+                                      f"{int((gain > 0).sum())}/{len(gain)} |"))
         lines += [t[1] for t in sorted(table, key=lambda t: -t[0])] + [""]
     return "\n".join(lines)
 

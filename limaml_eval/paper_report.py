@@ -1,4 +1,4 @@
-"""Report of the paper's Tables 3, 4, 9 and 14 (`limaml_tf.experiments.paper_tables`)."""
+"""Report of the paper's Tables 3, 4, 9 and 14 (`limaml_eval.paper_tables`)."""
 
 from __future__ import annotations
 
@@ -8,31 +8,18 @@ import os
 
 import numpy as np
 
-from limaml_tf.experiments.markdown import plot_learning_curves, savefig
-from limaml_tf.experiments.paper_tables import PAPER_T3, PAPER_T9, SLICES, SUPPORT, TABLE3, TABLE4, Config
-from limaml_tf.model import AGGREGATIONS
-
-def _stats(values):
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
+from limaml_tf.artifacts import AGGREGATIONS
+from limaml_eval.markdown import fmt, plot_learning_curves, savefig, table
+from limaml_eval.stats import mean_std
+from limaml_eval.paper import PAPER_T3, PAPER_T9, SLICES, SUPPORT, TABLE3, TABLE4, Config
 
 
 def _gain(runs, row, sl, base="vanilla"):
-    return _stats([100 * (r["auc"][row][sl] / r["auc"][base][sl] - 1) for r in runs])
+    return mean_std([100 * (r["auc"][row][sl] / r["auc"][base][sl] - 1) for r in runs])
 
 
 def _fmt(mean_std, unit="%", sign=True, digits=2):
-    m, s = mean_std
-    if not np.isfinite(m):
-        return "n/a"
-    return f"{m:{'+' if sign else ''}.{digits}f}{unit} ± {s:.{digits}f}"
-
-
-def _table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return fmt(mean_std, unit, digits, sign)
 
 
 def render_report(runs: list[dict], cfg: Config, data_summary: dict, commands: list[str], plots: list[str]) -> str:
@@ -64,10 +51,10 @@ def render_report(runs: list[dict], cfg: Config, data_summary: dict, commands: l
 def _table3(runs):
     rows = [[sl] + [_fmt(_gain(runs, m, sl)) for m in TABLE3] for sl in SLICES]
     rows.append(["paper (pTap, all)"] + [PAPER_T3[m] for m in TABLE3])
-    absolute = [[sl] + [_fmt(_stats([r["auc"][m][sl] for r in runs]), "", False, 4) for m in TABLE3]
+    absolute = [[sl] + [_fmt(mean_std([r["auc"][m][sl] for r in runs]), "", False, 4) for m in TABLE3]
                 for sl in SLICES]
-    return ["## Table 3: AUC gain vs vanilla (no fine-tune)", "", _table(["slice"] + list(TABLE3), rows), "",
-            "Test AUC (absolute):", "", _table(["slice"] + list(TABLE3), absolute), ""]
+    return ["## Table 3: AUC gain vs vanilla (no fine-tune)", "", table(["slice"] + list(TABLE3), rows), "",
+            "Test AUC (absolute):", "", table(["slice"] + list(TABLE3), absolute), ""]
 
 
 def _table4(runs):
@@ -79,7 +66,7 @@ def _table4(runs):
             "LiMAML-ID: that ID block meta-learned; LiMAML-MLP: the MLP meta block over demographics + causal "
             "history (= LiMAML+FT of Table 3). "
             "Paper: LiMAML beats the W&D ID baseline (numbers not in DESIGN.md).", "",
-            _table(["slice"] + list(TABLE4), [[sl] + [_fmt(_gain(runs, m, sl)) for m in TABLE4] for sl in SLICES]),
+            table(["slice"] + list(TABLE4), [[sl] + [_fmt(_gain(runs, m, sl)) for m in TABLE4] for sl in SLICES]),
             ""]
 
 
@@ -90,13 +77,13 @@ def _table9(runs, cfg):
             f"models trained {cfg.table9_epochs or cfg.epochs} epochs.", ""]
     t9 = []
     for n in cfg.table9_steps:
-        ratio = _stats([100 * (r["seconds"][f"n={n}"] / r["seconds"]["vanilla"] - 1) for r in runs])
+        ratio = mean_std([100 * (r["seconds"][f"n={n}"] / r["seconds"]["vanilla"] - 1) for r in runs])
         t9.append([str(n), _fmt(ratio, "%", True, 0), PAPER_T9.get(n, ""), _fmt(_gain(runs, f"n={n}", "all")),
-                   _fmt(_stats([r["auc"][f"n={n}"]["all"] for r in runs]), "", False, 4)])
-    per_epoch = [[m, _fmt(_stats([r["seconds"][m] for r in runs]), " s", False, 1)] for m in runs[0]["seconds"]]
-    return out + [_table(["n", "train time vs vanilla", "paper", "AUC gain (all, +FT)", "AUC (all, +FT)"], t9), "",
+                   _fmt(mean_std([r["auc"][f"n={n}"]["all"] for r in runs]), "", False, 4)])
+    per_epoch = [[m, _fmt(mean_std([r["seconds"][m] for r in runs]), " s", False, 1)] for m in runs[0]["seconds"]]
+    return out + [table(["n", "train time vs vanilla", "paper", "AUC gain (all, +FT)", "AUC (all, +FT)"], t9), "",
                   "Seconds per training epoch of every model (the ratios above divide these):", "",
-                  _table(["model", "s / epoch"], per_epoch), ""]
+                  table(["model", "s / epoch"], per_epoch), ""]
 
 
 def _table14(runs):
@@ -104,7 +91,7 @@ def _table14(runs):
             "LiMAML (n = 1): per user, the meta block is adapted on its validation samples, one meta "
             "embedding is computed (Algorithm 2b) and the global block alone scores the test samples with it. "
             "Paper: \"latest\" is best.", "",
-            _table(["slice"] + list(AGGREGATIONS),
+            table(["slice"] + list(AGGREGATIONS),
                    [[sl] + [_fmt(_gain(runs, f"agg:{a}", sl)) for a in AGGREGATIONS] for sl in SLICES]), ""]
 
 
@@ -118,8 +105,8 @@ def plot(runs: list[dict], outdir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
-        stats = [_gain(runs, m, sl) for sl in SLICES]
-        ax.bar(np.arange(len(SLICES)) + i * width, [s[0] for s in stats], width, yerr=[s[1] for s in stats],
+        gains = [_gain(runs, m, sl) for sl in SLICES]
+        ax.bar(np.arange(len(SLICES)) + i * width, [g[0] for g in gains], width, yerr=[g[1] for g in gains],
                label=m, capsize=2)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(SLICES)) + 0.4 - width / 2, SLICES)

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
 
-from limaml_tf.experiments.protocols import PROTOCOLS
+from limaml_eval.protocols import PROTOCOLS
 
 PAPER_TABLES = ("3", "4", "9", "14")
 
@@ -73,9 +74,19 @@ def _add_paper_args(p):
                         "trained different variants (validation.md in --out)")
 
 
+EXAMPLES = """
+limaml reproduce --protocol few-shot --support-size 5 10 20 --data-path ../shared/data/ml-100k --quick
+limaml reproduce --protocol time --data-path ../shared/data/ml-100k --tables models 3 4
+"""
+
+
 def add_parser(sub):
+    """The subcommand, with the examples every `limaml` command shows in --help; usage errors are one
+    line (its parser class is the CLI's)."""
     p = sub.add_parser("reproduce", help="the field's protocols and the paper's tables on MovieLens",
-                       description=__doc__.splitlines()[0])
+                       description=__doc__.splitlines()[0],
+                       epilog="example:\n" + "\n".join(f"  {line}" for line in EXAMPLES.strip().splitlines()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_protocol_args(p)
     _add_model_args(p)
     _add_paper_args(p)
@@ -112,7 +123,7 @@ def _tuple(v):
 
 
 def generic_config(a):
-    from limaml_tf.experiments.runner import Config
+    from limaml_eval.runner import Config
 
     overrides = _given({
         "protocol": a.protocol, "dataset": a.dataset, "data_path": a.data_path, "seeds": _tuple(a.seeds),
@@ -125,7 +136,7 @@ def generic_config(a):
 
 
 def paper_config(a, tables):
-    from limaml_tf.experiments.paper_tables import Config
+    from limaml_eval.paper import Config
 
     overrides = _given({
         "dataset": a.dataset, "data_path": a.data_path, "tuning": a.tuning or None, "seeds": _tuple(a.seeds),
@@ -140,10 +151,10 @@ def _merge(a, command) -> int:
     with open(os.path.join(a.merge[0], "results.json")) as f:
         generic = "protocol" in json.load(f)
     if generic:
-        from limaml_tf.experiments.runner import merge
+        from limaml_eval.runner import merge
         merge(a.merge, out, command)
     else:
-        from limaml_tf.experiments.paper_tables import merge
+        from limaml_eval.paper_tables import merge
         paper = tuple(t for t in (a.tables or ()) if t != "models")
         merge(a.merge, out, command, paper or None)
     print(f"[report] {os.path.join(out, 'report.md')}")
@@ -155,7 +166,7 @@ def main(a) -> int:
     if a.merge:
         return _merge(a, command)
     if a.compare:
-        from limaml_tf.experiments.candidates import write
+        from limaml_eval.candidates import write
 
         print(f"[report] {write(a.compare, a.out or 'runs/reproduce-compare', command)}")
         return 0
@@ -168,14 +179,14 @@ def main(a) -> int:
     out = a.out or f"runs/reproduce-{a.protocol}"
     verbose = a.verbose
     if "models" in tables or a.sensitivity:
-        from limaml_tf.experiments.runner import run
+        from limaml_eval.runner import run
 
         cfg = generic_config(a)
         if "models" not in tables:  # sensitivity only: the vanilla reference is trained there
             cfg = type(cfg)(**{**cfg.__dict__, "models": ()})
         run(cfg, out, command=command, verbose=verbose)
     if paper:
-        from limaml_tf.experiments.paper_tables import reproduce
+        from limaml_eval.paper_tables import reproduce
 
         shared = "models" in tables or a.sensitivity  # the protocol report owns `out`
         reproduce(paper_config(a, paper), os.path.join(out, "paper_tables") if shared else out,

@@ -13,7 +13,7 @@ limaml serve --saved-models saved_models --model_config_file saved_models/models
 
 
 def add_parser(sub):
-    from limaml_tf.cli import add_command
+    from limaml_cli import add_command
 
     p = add_command(sub, "serve", "local TF Serving stand-in (gRPC PredictionService + ModelService)", EXAMPLES,
                     description="Local TF Serving stand-in: PredictionService (Predict, GetModelMetadata) and "
@@ -41,7 +41,8 @@ def add_parser(sub):
 def serve(args, ready=None) -> int:
     """Serves until SIGTERM or Ctrl-C, then stops gracefully: new requests are refused, those in flight
     finish (up to --grace-seconds). `ready(server)` is called once it serves (tests)."""
-    from limaml_tf.serving.server import ModelRepository, start_server
+    from limaml_tf.serving.repository import ModelRepository
+    from limaml_tf.serving.server import start_server
 
     repository = ModelRepository(args.saved_models, args.model_config_file)
     server, port = start_server(repository, args.port, args.host, max_request_bytes=args.max_request_bytes,

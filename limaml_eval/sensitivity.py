@@ -15,10 +15,10 @@ from __future__ import annotations
 import gc
 
 import keras
-from limaml_tf.experiments.markdown import fmt, table as md_table
-from limaml_tf.experiments.metrics import stats
-from limaml_tf.experiments.models import build
-from limaml_tf.experiments.tuning import choose, fit, tune
+from limaml_eval.markdown import fmt, table as md_table
+from limaml_eval.stats import mean_std
+from limaml_eval.models import build
+from limaml_eval.tuning import choose, fit, tune
 
 TABLES = {
     "10": ("dropout", "dropout on every layer", "dropouts"),
@@ -88,9 +88,9 @@ def render(runs: list[dict], cfg) -> list[str]:
             for s in settings:
                 gains = [100 * (r["sensitivity"][table][value][s]["val_auc"] / r["sensitivity"]["vanilla"][s] - 1)
                          for r in runs]
-                cells.append(fmt(stats(gains), "%", 2, sign=True))
+                cells.append(fmt(mean_std(gains), "%", 2, sign=True))
             first = settings[0]
-            cells.append(fmt(stats([r["sensitivity"][table][value][first]["val_auc"] for r in runs])))
+            cells.append(fmt(mean_std([r["sensitivity"][table][value][first]["val_auc"] for r in runs])))
             rows.append(cells + ["see paper"])
         out += [f"### Table {table}: {label} (`{option}`)", "", PAPER_NOTES[table], "", md_table(header, rows), ""]
     return out

@@ -17,29 +17,6 @@ import pandas as pd
 DEFAULT_SAVED_MODELS = "saved_models"
 
 
-def build_models(spec, inner_learning_rate: float = 0.5, learning_rate: float = 3e-3, inner_steps: int = 1,
-                 embedding_dim: int = 8, tasks_per_batch: int = 32, total_steps: int | None = None):
-    """LiMAML and vanilla on the same blocks; the outer optimizer has the paper's settings (learning
-    rate for 32 tasks scaled to `tasks_per_batch`, global-norm clip 1.0, 5 % warm-up then cosine decay
-    over `total_steps`)."""
-    from limaml_tf.blocks import MLPGlobalBlock, MLPMetaBlock
-    from limaml_tf.model import LiMAMLModel
-    from limaml_tf.vanilla import VanillaModel
-    from limaml_tf.training import make_optimizer
-
-    def blocks():
-        return (MLPMetaBlock(spec.meta_features, output_dim=embedding_dim),
-                MLPGlobalBlock(spec.other_features))
-
-    limaml = LiMAMLModel(*blocks(), spec, inner_steps=inner_steps, inner_learning_rate=inner_learning_rate,
-                         name="limaml")
-    vanilla = VanillaModel(*blocks(), spec, eval_learning_rate=inner_learning_rate, name="vanilla")
-    warmup = max(1, total_steps // 20) if total_steps else 0
-    for m in (limaml, vanilla):
-        m.compile(optimizer=make_optimizer(tasks_per_batch, learning_rate, warmup_steps=warmup, decay_steps=total_steps))
-    return limaml, vanilla
-
-
 def train_and_evaluate(limaml, vanilla, train, evaluation, epochs: int, tasks_per_batch: int, seed: int,
                        verbose: int = 0, backup_dir: str | None = None) -> dict:
     """Trains both models on the same task batches (resumable from `backup_dir/<model name>`); prints and
@@ -164,7 +141,7 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
 
     from limaml_tf.feature_store import EmbeddingStore
     from limaml_tf.synthetic import make_synthetic
-    from limaml_tf.training import save_model
+    from limaml_tf.training import build_models, save_model
     from limaml_tf.tasks import paired_tasks, split_tasks, time_split
 
     os.makedirs(workdir, exist_ok=True)
@@ -195,7 +172,7 @@ def run(workdir: str, num_tasks: int = 800, epochs: int = 15, tasks_per_batch: i
 
 
 def add_parser(sub):
-    from limaml_tf.cli import add_command
+    from limaml_cli import add_command
 
     p = add_command(sub, "demo", "train -> evaluate -> export -> refresh -> serve on the synthetic default",
                     "limaml demo --workdir runs/demo\nlimaml demo --workdir runs/quick --num-tasks 200 --epochs 3 --verbose")
@@ -212,13 +189,13 @@ def add_parser(sub):
 
 
 def main(a) -> int:
-    from limaml_tf.tasks import positive_int
+    from limaml_tf.checks import positive_int
 
     for flag, value in (("--num-tasks", a.num_tasks), ("--epochs", a.epochs), ("--tasks-per-batch", a.tasks_per_batch)):
         positive_int(flag, value)
     run(a.workdir, a.num_tasks, a.epochs, a.tasks_per_batch, seed=a.seed, saved_models=a.saved_models,
         verbose=2 if a.show_logs else 0)
     if not a.show_logs:
-        from limaml_tf.cli import log_file
+        from limaml_cli import log_file
         print(f"\n[log] TensorFlow / Beam logs: {log_file(a)} (--verbose shows them here)")
     return 0

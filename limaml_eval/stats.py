@@ -13,6 +13,17 @@ import numpy as np
 from scipy import stats as sps
 
 
+def mean_std(values) -> tuple[float, float]:
+    """(mean, sample std with ddof = 1) of the finite values: the one "mean ± std" of every report.
+    The std is NaN for a single value (one seed has no spread; the reports then print the mean alone)
+    and both are NaN for none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
 def best_baseline(chosen: dict, baseline_rows) -> str | None:
     """The baseline row with the highest validation AUC (`chosen`: row -> chosen candidate)."""
     rows = [r for r in baseline_rows if r in chosen and np.isfinite(chosen[r]["val_auc"])]
@@ -40,9 +51,9 @@ def paired_over_seeds(runs: list[dict], setting: str, metric: str, target: str) 
         baselines.append(base)
     d = np.array(diffs, dtype=float)
     d = d[np.isfinite(d)]
-    out = {"diffs": [float(x) for x in diffs], "baselines": baselines, "n": int(len(d)),
-           "mean": float(d.mean()) if len(d) else float("nan"),
-           "std": float(d.std(ddof=1)) if len(d) > 1 else float("nan"), "p": float("nan")}
+    mean, std = mean_std(d)
+    out = {"diffs": [float(x) for x in diffs], "baselines": baselines, "n": int(len(d)), "mean": mean, "std": std,
+           "p": float("nan")}
     if len(d) > 1 and np.any(d != d[0]):  # identical differences: zero variance, no t statistic
         out["p"] = float(sps.ttest_1samp(d, 0.0).pvalue)
     return out
