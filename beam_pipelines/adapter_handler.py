@@ -13,7 +13,7 @@ An example is one task (`TaskExample`); `TaskBatch` holds up to `tasks_per_batch
 as stacked arrays and is a sequence of them. The refresh pipeline cuts each bucket's tasks (sorted
 by key) into TaskBatches itself and feeds them pre-batched (`prebatched=True`: RunInference skips
 `BatchElements`), so batches are cut deterministically and no batch is emitted from
-`finish_bundle`, whose outputs Beam 2.77's DaskRunner drops. With `prebatched=False`, single
+`finish_bundle`, whose outputs some runners drop (docs/refresh.md, "Runners"). With `prebatched=False`, single
 TaskExamples are batched by `BatchElements` at the fixed size `batch_elements_kwargs` gives.
 """
 

@@ -107,16 +107,11 @@ def _environ(**values):
 
 
 def fix_fnapi_flush_race() -> None:
-    """Makes Beam's time-flushed data-plane stream lock its writes against its flusher thread.
-
-    Beam 2.77's `TimeBasedBufferingClosableOutputStream.flush` (run every second by a PeriodicThread)
-    takes the stream's bytes, hands them to the send queue and then clears the buffer; `write` takes no
-    lock. FnApiRunner's gRPC data servicer uses this stream (DATA_BUFFER_TIME_LIMIT_MS = 1000) for
-    every input it sends to worker processes, so while the hand-off waits on the full 100 MiB send
-    queue the driver thread keeps writing 10 MiB chunks of GroupByKey output, and the clear drops them:
-    whole chunks of a stage's input vanish without an error (multi_processing and multi_threading
-    modes; in_memory does not use this stream). With writes under the flush lock nothing is dropped.
-    Idempotent; applied by `run_and_wait` (the driver is where these streams live)."""
+    """Makes Beam's time-flushed data-plane stream (`TimeBasedBufferingClosableOutputStream`) take its
+    flush lock in `write`: unlocked, a write made while the periodic flush hands the buffer to a full
+    send queue is cleared unsent, and a stage's input loses whole chunks without an error (root cause
+    and repro: docs/refresh.md, "Stress test"). Idempotent; applied by `run_and_wait` (the driver is
+    where these streams live)."""
     from apache_beam.runners.worker import data_plane
 
     stream = data_plane.TimeBasedBufferingClosableOutputStream

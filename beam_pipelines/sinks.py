@@ -13,7 +13,8 @@ fails instead of one version silently winning.
 
 This is the idiom of Beam's own file sinks (WriteToParquet, fileio.WriteToFiles) built on GroupByKey
 alone: those sinks rely on side inputs, outputs from finish_bundle and multi-output ParDos, which
-Beam 2.77's DaskRunner re-evaluates or drops (their temp files are then renamed twice or not at all).
+some runners re-evaluate or drop, so their temp files are renamed twice or not at all (docs/refresh.md,
+"Runners").
 """
 
 from __future__ import annotations
