@@ -20,9 +20,10 @@ import sys
 import apache_beam as beam
 import pandas as pd
 
-from beam_pipelines.interactions import (CheckAndBucket, WriteDeadLetter, concat_sorted, read_dead_letter,
-                                         read_interactions, select, to_arrow)
+from beam_pipelines.interactions import read_interactions, to_arrow
+from beam_pipelines.row_checks import WriteDeadLetter, read_dead_letter
 from beam_pipelines.runner import auto_buckets, beam_options, parse_as_of, run_and_wait, worker_pythonpath
+from beam_pipelines.shuffle import CheckAndBucket, concat_sorted, select
 from beam_pipelines.sinks import remove_temp
 from limaml_tf.artifacts import DEAD_LETTER_DIR, SUCCESS_FILE, atomic_directory, read_spec
 from limaml_tf.spec import FeatureError, FeatureSpec

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beam_pipelines.adapter_handler import ADAPTED, COLD, adapted_batches, cold_start_batches
-from beam_pipelines.interactions import concat_sorted, stage_time, timed
+from beam_pipelines.interactions import stage_time, timed
+from beam_pipelines.shuffle import concat_sorted
 from beam_pipelines.sinks import WriteShards
 from limaml_tf.artifacts import embeddings_table
 from limaml_tf.spec import FeatureSpec

@@ -16,7 +16,7 @@ import pytest
 from beam_pipelines.runner import run_tag
 from limaml_tf.artifacts import SUCCESS_FILE, model_versions, read_embeddings, read_models_config
 from limaml_tf.feature_store import COLD_START_KEY, EmbeddingStore
-from limaml_tf.serving.server import ModelRepository
+from limaml_tf.serving.repository import ModelRepository
 from tests.background_runs import AS_OF, TRAIN_EPOCHS
 from conftest import CRASH_SEEDS
 from tests.serving_helpers import request_rows, tiny_model

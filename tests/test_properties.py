@@ -74,7 +74,8 @@ class FakeContext:
 @pytest.fixture(scope="module")
 def servicer(tmp_path_factory):
     from limaml_tf.export import export_serving
-    from limaml_tf.serving.server import ModelRepository, PredictionServicer
+    from limaml_tf.serving.repository import ModelRepository
+    from limaml_tf.serving.server import PredictionServicer
     from tests.serving_helpers import tiny_model
 
     model, spec, df = tiny_model()
