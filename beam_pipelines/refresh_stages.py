@@ -77,8 +77,7 @@ def by_bucket(result):
 
 def bucket_table(batches, model_version: str, computed_at: dt.datetime) -> pa.Table:
     """One bucket's embedding rows from its TaskBatches' results (adapted, then cold start; each sorted by
-    task key). A task delivered twice (at-least-once runners; Beam 2.77's DaskRunner re-delivers
-    elements) is written once."""
+    task key). A task delivered twice (at-least-once runners re-deliver elements) is written once."""
     rows = pd.DataFrame({"kind": np.concatenate([[kind] * len(keys) for kind, keys, _ in batches]),
                          "key": np.concatenate([np.asarray(keys, object) for _, keys, _ in batches])})
     embeddings = np.concatenate([e for *_, e in batches])
