@@ -13,10 +13,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from limaml_tf.api_export import limaml_export
 from limaml_tf.blocks import TaskParameterizedMetaBlock
 
 
-@keras.saving.register_keras_serializable("limaml_tf")
+@limaml_export
 class MetaBlocks(keras.layers.Layer):
     """{definition: meta block} -> the blocks' embeddings concatenated in sorted definition order."""
 

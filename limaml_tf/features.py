@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from limaml_tf.api_export import limaml_export
 from limaml_tf.spec import (KINDS, MULTI_VALUE_SEPARATOR, Feature, FeatureError, FeatureSpec,  # noqa: F401
                             multi_values_to_array)
 
@@ -26,7 +27,7 @@ __all__ = ["KINDS", "MULTI_VALUE_SEPARATOR", "Feature", "FeatureEncoder", "Featu
            "multi_values_to_array"]
 
 
-@keras.saving.register_keras_serializable("limaml_tf")
+@limaml_export
 class FeatureEncoder(keras.layers.Layer):
     """Raw feature dict -> encoded dict (see module docstring). No trainable weights."""
 

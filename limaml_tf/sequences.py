@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from limaml_tf.api_export import limaml_export
 from limaml_tf.spec import FeatureError
 
 DAY = 86_400.0
@@ -56,6 +57,7 @@ def previous_rows(df: pd.DataFrame, task_key: str, timestamp: str, max_len: int,
                     else -1, -1)
 
 
+@limaml_export
 def add_sequences(df: pd.DataFrame, task_key: str, timestamp: str, columns: dict[str, str], max_len: int,
                   label: str | None = None, label_name: str | None = None, gap_name: str | None = None,
                   is_support=None) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from limaml_tf.api_export import limaml_export
 from limaml_tf.spec import Feature, FeatureSpec
 
 DAY = 86_400.0
@@ -53,6 +54,7 @@ def synthetic_spec(num_items: int = 300, latent_dim: int = 4, item_types: int = 
     )
 
 
+@limaml_export
 def make_synthetic(num_tasks: int = 600, num_items: int = 300, latent_dim: int = 4,
                    mean_samples_per_task: float = 60.0, num_segments: int = 6,
                    residual_scale: float = 1.0, strength: float = 1.6, days: float = 60.0,

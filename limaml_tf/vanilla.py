@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from limaml_tf import distribute
+from limaml_tf.api_export import limaml_export
 from limaml_tf.model import LiMAMLModel
 from limaml_tf.tasks import SETS
 
 
-@keras.saving.register_keras_serializable("limaml_tf")
+@limaml_export
 class VanillaModel(LiMAMLModel):
     """The same blocks trained by plain gradient descent on every real sample of the task batch
     (support and query); the meta embedding is the un-adapted meta block's output. Evaluation
