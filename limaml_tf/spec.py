@@ -27,21 +27,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from limaml_tf.api_export import limaml_export
+from limaml_tf.raw_data import (KINDS, LIST_KINDS, MAX_EPOCH_SECONDS, MULTI_VALUE_SEPARATOR,  # noqa: F401
+                                SEQUENCE_KINDS, FeatureError, check_seconds, multi_values_to_array, number_list,
+                                numeric_sequence_to_array, validate_frame)
+
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: Beam drivers read specs without it
     import tensorflow as tf
-
-KINDS = ("numeric", "categorical", "multi_valued", "sequence", "numeric_sequence")
-LIST_KINDS = ("multi_valued", "sequence", "numeric_sequence")  # a fixed-length list of values per sample
-SEQUENCE_KINDS = ("sequence", "numeric_sequence")
-MULTI_VALUE_SEPARATOR = "|"
-
-
-# Timestamps are epoch seconds; a value above this (year 5138) is milliseconds (or finer).
-MAX_EPOCH_SECONDS = 1e11
-
-
-class FeatureError(ValueError):
-    """Bad input data: the message names the field and the fix."""
 
 
 class ArtifactError(ValueError):
@@ -54,17 +46,7 @@ class WriteError(OSError):
     and the fix; `errno` is the original one."""
 
 
-def check_seconds(seconds: np.ndarray, field: str) -> None:
-    """FeatureError unless every value is a finite epoch time in seconds (not milliseconds)."""
-    seconds = np.asarray(seconds, dtype="float64")
-    bad = ~np.isfinite(seconds)
-    if bad.any():
-        raise FeatureError(f"{field} has {int(bad.sum())} missing (NaN/inf) value(s): drop or fill those rows")
-    if len(seconds) and np.abs(seconds).max() > MAX_EPOCH_SECONDS:
-        raise FeatureError(f"{field} looks like milliseconds (max {seconds.max():.0f} > {MAX_EPOCH_SECONDS:.0e} "
-                           "seconds): give epoch seconds, e.g. divide by 1000")
-
-
+@limaml_export
 @dataclasses.dataclass(frozen=True)
 class Feature:
     name: str
@@ -118,6 +100,7 @@ class Feature:
 SINGLE_DEFINITION = "task"  # the name of the one task definition of a spec without `task_keys`
 
 
+@limaml_export
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
     """`task_keys` (optional): several task definitions, {definition name: task-key column}, e.g.
@@ -254,7 +237,7 @@ class FeatureSpec:
         def fitted(f: Feature) -> Feature:
             if not f.is_numeric:
                 return f
-            col = pd.Series(np.concatenate([np.asarray(_number_list(v), "float64") for v in df[f.name]] or [[]])
+            col = pd.Series(np.concatenate([np.asarray(number_list(v), "float64") for v in df[f.name]] or [[]])
                             if f.kind == "numeric_sequence" else df[f.name].astype("float64"))
             if col.empty:
                 return f
@@ -265,120 +248,9 @@ class FeatureSpec:
                                    other_features=tuple(map(fitted, self.other_features)))
 
     def validate(self, df: pd.DataFrame, require_label: bool = True) -> None:
-        """Raises FeatureError naming the column and the fix for anything the pipeline cannot use."""
-        required = [*self.task_key_columns, self.timestamp] + ([self.label] if require_label else [])
-        required += [f.name for f in self.features]
-        missing = [c for c in required if c not in df.columns]
-        if missing:
-            raise FeatureError(f"missing column(s) {missing}: add them to the data or remove them from the spec")
-        for column in self.task_key_columns:
-            try:
-                keys = pd.Series(df[column].unique())  # each distinct key once
-            except TypeError:  # unhashable: lists, dicts
-                raise FeatureError(f"column {column!r} (task key) holds lists or other non-scalar values: give "
-                                   "one string or integer per row") from None
-            if keys.isna().any() or (keys.astype(str).str.strip() == "").any():
-                raise FeatureError(f"column {column!r} (task key) has missing or blank values: drop those rows")
-        self._check_refines(df)
-        ts = df[self.timestamp]
-        if pd.api.types.is_datetime64_any_dtype(ts):
-            check_seconds(np.where(ts.isna(), np.nan, 0.0), f"column {self.timestamp!r} (timestamp)")
-        elif pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
-            check_seconds(ts.to_numpy(dtype="float64", na_value=np.nan), f"column {self.timestamp!r} (timestamp)")
-        else:
-            raise FeatureError(f"column {self.timestamp!r} (timestamp) must be numeric epoch seconds or datetime, "
-                               f"got {ts.dtype}: convert it (e.g. pd.to_datetime)")
-        if require_label:
-            label = df[self.label]
-            if not pd.api.types.is_numeric_dtype(label) and not pd.api.types.is_bool_dtype(label):
-                raise FeatureError(f"column {self.label!r} (label) must be 0/1, got dtype {label.dtype}")
-            if label.isna().any():
-                raise FeatureError(f"column {self.label!r} (label) has NaN in {int(label.isna().sum())} rows: "
-                                   "drop or fill them")
-            bad = ~label.isin([0, 1])
-            if bad.any():
-                raise FeatureError(f"column {self.label!r} (label) must be 0 or 1; found {label[bad].iloc[0]!r}")
-        for f in self.features:
-            if f.kind == "multi_valued":
-                values = df[f.name].to_numpy()
-                ok = [v is None or isinstance(v, str) or (isinstance(v, float) and np.isnan(v))
-                      or (isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(s, str) for s in v))
-                      for v in values]
-                if not all(ok):
-                    bad = values[ok.index(False)]
-                    raise FeatureError(f"multi-valued feature {f.name!r} has the value {bad!r} ({type(bad).__name__}): "
-                                       f"give lists of strings or '{MULTI_VALUE_SEPARATOR}'-separated strings")
-            if f.kind == "numeric":
-                col = df[f.name]
-                if not pd.api.types.is_numeric_dtype(col):
-                    raise FeatureError(f"numeric feature {f.name!r} has dtype {col.dtype}: convert it to float")
-                if not np.isfinite(col.to_numpy(dtype="float64")).all():
-                    raise FeatureError(f"numeric feature {f.name!r} has NaN/inf values: fill or drop them")
-        self._check_sequences(df)
-        self._check_duplicates(df, required)
-
-    def _check_refines(self, df: pd.DataFrame) -> None:
-        """Every non-primary definition's key belongs to one primary task (a user x genre key to one user):
-        a training bundle forms those tasks from its primary task's samples."""
-        for definition, column in self.definitions.items():
-            if column == self.task_key:
-                continue
-            owners = df.groupby(df[column].astype(str), sort=False)[self.task_key].nunique()
-            if len(owners) and owners.max() > 1:
-                raise FeatureError(f"column {column!r} (task key of definition {definition!r}) must refine "
-                                   f"{self.task_key!r}: its value {owners.idxmax()!r} appears under "
-                                   f"{int(owners.max())} {self.task_key!r} values; include the {self.task_key!r} "
-                                   "value in each key (e.g. user + '|' + genre)")
-
-    def _check_sequences(self, df: pd.DataFrame) -> None:
-        """Sequence values are lists (most recent first) of at most max_len non-empty strings / finite
-        numbers, and the sequences of one max_len have the same real length on every row."""
-        lengths = {}
-        for f in self.features:
-            if f.kind not in SEQUENCE_KINDS:
-                continue
-            n = np.zeros(len(df), np.int64)
-            for i, v in enumerate(df[f.name].to_numpy()):
-                try:
-                    items = _number_list(v) if f.kind == "numeric_sequence" else _string_list(v)
-                except (TypeError, ValueError):
-                    items = None
-                if items is None or (f.kind == "numeric_sequence" and not np.isfinite(items).all()) or \
-                        (f.kind == "sequence" and "" in items):
-                    what = "finite numbers" if f.kind == "numeric_sequence" else "non-empty strings"
-                    raise FeatureError(f"{f.kind} feature {f.name!r} has the value {v!r} on row {i}: give a list of "
-                                       f"{what}, most recent first (an empty list when there is no history)")
-                if len(items) > f.max_len:
-                    raise FeatureError(f"{f.kind} feature {f.name!r} has {len(items)} values on row {i}, more than "
-                                       f"its max_len {f.max_len}: keep the {f.max_len} most recent (or raise max_len)")
-                n[i] = len(items)
-            other = lengths.setdefault(f.max_len, (f.name, n))
-            if other[0] != f.name and (other[1] != n).any():
-                i = int(np.argmax(other[1] != n))
-                raise FeatureError(f"sequence features {other[0]!r} and {f.name!r} (max_len {f.max_len}) describe the "
-                                   f"same interactions but have {other[1][i]} and {n[i]} values on row {i}: build them "
-                                   "together (limaml_tf.sequences.add_sequences)")
-        if any(f.kind == "numeric_sequence" for f in self.features):
-            masks = {f.max_len for f in self.features if f.kind == "sequence"}
-            alone = [f.name for f in self.features if f.kind == "numeric_sequence" and f.max_len not in masks]
-            if alone:
-                raise FeatureError(f"numeric_sequence feature(s) {alone} have no categorical `sequence` feature of the "
-                                   "same max_len, which marks their real positions: add one (e.g. the item ids)")
-
-    def _check_duplicates(self, df: pd.DataFrame, columns: list[str]) -> None:
-        """Rows identical in every spec column (a logged event twice) are an error; rows of one task with
-        the same timestamp but different values are kept, in their original order."""
-        same_time = df.duplicated([self.task_key, self.timestamp], keep=False)
-        if not same_time.any():
-            return
-        unhashable = (list, tuple, np.ndarray, dict, set)
-        candidates = df.loc[same_time, columns].map(lambda v: repr(v) if isinstance(v, unhashable) else v)
-        dup = candidates.duplicated()
-        if dup.any():
-            first = candidates[dup].iloc[0]
-            raise FeatureError(f"{int(dup.sum())} row(s) repeat another row in every column (e.g. {self.task_key}="
-                               f"{first[self.task_key]!r}, {self.timestamp}={first[self.timestamp]!r}): drop them "
-                               "with df.drop_duplicates() (rows of one task at the same time that differ are kept)")
+        """Raises FeatureError naming the column and the fix for anything the pipeline cannot use
+        (see `limaml_tf.raw_data.validate_frame`)."""
+        validate_frame(self, df, require_label)
 
     def raw_arrays(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Raw feature columns as numpy arrays in the encoder's input format."""
@@ -404,52 +276,3 @@ class FeatureSpec:
         import tensorflow as tf
 
         return {f.name: tf.zeros((batch,) + f.raw_shape(), f.raw_dtype) for f in self.features}
-
-
-def multi_values_to_array(col: pd.Series, max_len: int) -> np.ndarray:
-    """Lists (or "a|b|c" strings) -> [n, max_len] object array of strings, padded with ""."""
-    values = col.to_numpy()
-    try:  # repeated values (e.g. an item's tags on every interaction with it) are parsed once
-        codes, values = pd.factorize(values, use_na_sentinel=False)
-    except TypeError:  # lists are unhashable
-        codes = None
-    out = np.full((len(values), max_len), "", dtype=object)
-    for i, v in enumerate(values):
-        if isinstance(v, str):
-            v = [s for s in v.split(MULTI_VALUE_SEPARATOR) if s]
-        elif v is None or (isinstance(v, float) and np.isnan(v)):
-            v = []
-        v = [str(s) for s in v][:max_len]
-        out[i, : len(v)] = v
-    return out if codes is None else out[codes]
-
-
-def _string_list(v) -> list[str]:
-    if isinstance(v, str):
-        return [x for x in v.split(MULTI_VALUE_SEPARATOR) if x]
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return []
-    if isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, str) for x in v):
-        return list(v)
-    raise TypeError(f"not a list of strings: {v!r}")
-
-
-def _number_list(v) -> np.ndarray:
-    """A numeric sequence's values: a list / array of numbers, or "0.5|1" (CSV); None: empty."""
-    if isinstance(v, str):
-        return np.asarray([float(x) for x in v.split(MULTI_VALUE_SEPARATOR) if x], "float64")
-    if v is None:
-        return np.zeros(0)
-    arr = np.asarray(v)
-    if arr.ndim != 1 or arr.dtype.kind not in "biuf":
-        raise TypeError(f"not a list of numbers: {v!r}")
-    return arr.astype("float64")
-
-
-def numeric_sequence_to_array(col: pd.Series, max_len: int) -> np.ndarray:
-    """Lists of numbers (or "0.5|1" strings) -> [n, max_len] float32, padded with 0.0 (see module docstring)."""
-    out = np.zeros((len(col), max_len), np.float32)
-    for i, v in enumerate(col.to_numpy()):
-        values = _number_list(v)[:max_len]
-        out[i, : len(values)] = values
-    return out
