@@ -24,6 +24,11 @@ rating's label, so the K support ratings are all a model knows about an evaluati
 sequence features (`limaml_tf.movielens.with_sequences`, only when a model reads them:
 `sequence_len(cfg)` > 0) obey the same rule. The ID
 meta block's vocabulary is the training users, so validation and test users are unseen.
+
+A frame without a clock (`limaml_tf.movielens.has_clock`: the ordered ML-1M copy, whose `timestamp`
+is each user's rank of the rating) serves few-shot and user-cold, which only need each user's
+order ("time" below is then that rank; its spec has no time-derived feature); ``time`` refuses it
+with a ValueError naming the fix.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from limaml_tf.features import FeatureSpec
-from limaml_tf.movielens import movielens_spec, support_history, with_sequences
+from limaml_tf.movielens import movielens_spec, require_clock, support_history, with_sequences
 from limaml_tf.tasks import TaskSet, paired_tasks, split_tasks, time_split
 
 PROTOCOLS = ("time", "few-shot", "user-cold")
@@ -89,7 +94,7 @@ def _tasks(rows: pd.DataFrame, is_support: np.ndarray, spec_or_none, max_support
     rows = support_history(rows, is_support) if recompute else rows.reset_index(drop=True)
     if seq_len:
         rows = with_sequences(rows, seq_len, is_support if recompute else None)
-    spec = spec_or_none or movielens_spec(rows, sequence_len=seq_len)
+    spec = spec_or_none or movielens_spec(rows, sequence_len=seq_len, per_user=True)
     tasks = paired_tasks(rows[is_support], rows[~is_support], spec, max_support=max_support, max_query=max_query)
     return tasks, spec, rows
 
@@ -168,6 +173,7 @@ def user_cold(frame: pd.DataFrame, seed: int, cfg) -> Split:
 def time_protocol(frame: pd.DataFrame, seed: int, cfg) -> Split:
     from limaml_tf.features import FeatureSpec as _Spec
 
+    require_clock(frame, "--protocol time (a global time split)")
     stub = _Spec("task", "timestamp", "label", (), ())
     if sequence_len(cfg):  # causal over all of a user's ratings, as the history features of this protocol
         frame = with_sequences(frame, sequence_len(cfg))
