@@ -22,10 +22,6 @@ __version__ = "0.1.0"
 _DECORATOR = "limaml_export"  # limaml_tf.api_export.limaml_export (not imported: the scan imports nothing)
 _public: dict[str, str] | None = None  # public name -> module that defines it, once scanned
 
-# Interim: names whose modules are being split and do not carry the decorator yet (scan wins).
-_NOT_YET_DECORATED = {"LiMAMLModel": "limaml_tf.model", "Feature": "limaml_tf.spec",
-                      "FeatureError": "limaml_tf.spec", "FeatureSpec": "limaml_tf.spec"}
-
 
 def _scan() -> dict[str, str]:
     """{name: module} of the top-level definitions decorated with `@limaml_export` in the package."""
@@ -56,7 +52,7 @@ def _scan() -> dict[str, str]:
 def _public_names() -> dict[str, str]:
     global _public
     if _public is None:
-        _public = {**_NOT_YET_DECORATED, **_scan()}
+        _public = _scan()
     return _public
 
 

@@ -85,6 +85,7 @@ def adapt_and_score(net: maml.Network, weights: maml.Weights, encoded, steps: in
                     unadapted_loss=False) -> dict:
     """`maml.adapt_and_score` with the closed-form solver: {"query_loss" [T], "query_logits" [T, Q]} and,
     with `unadapted_loss`, "unadapted_loss" [T] (the un-adapted network on every real sample)."""
+    check_network(net)  # the compiled loss may have changed since construction
     seed = _seed(encoded)
     _, s_logits, s_factors = network_outputs(net, weights, encoded["support"], seed, training)
     _, q_logits, q_factors = network_outputs(net, weights, encoded["query"], seed + 1, training)

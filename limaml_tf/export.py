@@ -114,14 +114,15 @@ def export_adapter(model, base_dir: str = "saved_models", model_name: str = "lim
         return {"meta_embedding": tf.cast(model.embed_definition(model.encoder(inputs), definition), tf.float32)}
 
     archive = keras.export.ExportArchive()
-    for part in (model.encoder, model.meta_block, model.global_block):  # not the model: its cached
-        archive.track(part)  # adapt_and_predict tf.functions (int-keyed dict) cannot be saved
+    for part in (model.encoder, model.meta_block, model.global_block, model.ridge):  # not the model: its
+        if part is not None:  # cached adapt_and_predict tf.functions (int-keyed dict) cannot be saved
+            archive.track(part)
     archive.add_endpoint(EMBED_TASKS, tf.function(embed_tasks),
                          input_signature=[{"task_key": key_sig, "support_label": label_sig, "support_mask": mask_sig,
                                            **support_sig, **latest_sig}])
     archive.add_endpoint(COLD_START, tf.function(cold_start), input_signature=[raw((None,))])
     path = version_path(base_dir, adapter_name(model_name, definition), version)
-    config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation,
+    config = {"steps": int(steps), "learning_rate": lr, "aggregation": aggregation, "inner_solver": model.inner_solver,
               "embedding_dim": embedding_dim(model, definition),
               "model_version": os.path.basename(path), "tensorflow_version": tf.__version__,
               **({"definition": definition} if definition is not None else {}), **(extra_config or {})}

@@ -43,6 +43,9 @@ class Network:
     adapt_global_block: bool = False
     # (labels [N], logits [N]) -> per-sample loss [N], float32
     sample_loss: Callable = sigmoid_cross_entropy
+    # positions in the meta block's trainable weights of those a task adapts (None: all of them; head-only
+    # adaptation, ANIL: the last layer's)
+    adapted_meta: tuple | None = None
 
 
 class Weights(NamedTuple):
@@ -116,6 +119,8 @@ def initial_params(net: Network, weights: Weights, task) -> list:
     `TaskParameterizedMetaBlock`, its small per-task tensors), then the global block's if it adapts."""
     if isinstance(net.meta_block, TaskParameterizedMetaBlock):
         meta = list(task["params"])  # this task's slice of `task_parameters` (gathered outside pfor)
+    elif net.adapted_meta is not None:
+        meta = [weights.meta[i] for i in net.adapted_meta]
     else:
         meta = list(weights.meta)
     return meta + (list(weights.global_) if net.adapt_global_block else [])
@@ -128,11 +133,14 @@ def adapted_param_shapes(net: Network, weights: Weights) -> list:
 
 
 def split_params(net: Network, params, weights: Weights):
-    """(meta-block params, global-block params) of a task's parameter list."""
-    if not net.adapt_global_block:
-        return params, weights.global_
-    n_meta = len(params) - len(weights.global_)
-    return params[:n_meta], params[n_meta:]
+    """(meta-block params, global-block params) of a task's parameter list: with head-only adaptation the
+    meta block's whole weight list, its adapted entries taken from `params`."""
+    n_meta = len(params) - len(weights.global_) if net.adapt_global_block else len(params)
+    meta, global_ = params[:n_meta], (params[n_meta:] if net.adapt_global_block else weights.global_)
+    if net.adapted_meta is not None and not isinstance(net.meta_block, TaskParameterizedMetaBlock):
+        adapted = dict(zip(net.adapted_meta, meta))
+        meta = [adapted.get(i, w) for i, w in enumerate(weights.meta)]
+    return meta, global_
 
 
 def embed(net: Network, meta_params, features, seed, training):

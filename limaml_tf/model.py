@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 import limaml_tf
-from limaml_tf import distribute, maml
+from limaml_tf import adaptation, closed_form, distribute, maml
 from limaml_tf.api_export import limaml_export
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.definitions import MetaBlocks, is_multi
@@ -60,8 +60,14 @@ class LiMAMLModel(MetaTrainer, keras.Model):
         `limaml_tf.definitions`, docs/task_definitions.md).
       global_block: Keras layer/model, encoded features + "meta_embedding" -> logits.
       spec: the FeatureSpec of the data (raw inputs are encoded inside the model).
-      inner_steps: n, SGD steps per task in the inner loop.
-      inner_learning_rate: α, the task learning rate.
+      inner_steps: n, SGD steps per task in the inner loop (Newton steps with `inner_solver="ridge"`).
+      inner_learning_rate: α, the task learning rate (0.5: the best of the α sweep on ML-100K's validation
+        users, docs/protocols_ml100k; the demo's and the example configs' too).
+      inner_solver: "sgd" (MAML's steps on the meta block's weights) or "ridge": the task's vector — the
+        meta embedding's last k entries, read by a `FactorizedGlobalBlock` through <u, item factors> — is
+        solved in closed form on the support set (`limaml_tf.closed_form`), its L2 weight λ learned
+        (initialised at `ridge_l2`).
+      head_only: only the meta block's last layer (`meta_block.head`) adapts per task (ANIL).
       first_order: drop second-order terms (first-order MAML).
       adapt_global_block: adapt the global block too (entire-network MAML).
       eval_steps / eval_learning_rate: adaptation at evaluation; default n and α.
@@ -96,11 +102,12 @@ class LiMAMLModel(MetaTrainer, keras.Model):
     """
 
     def __init__(self, meta_block, global_block, spec: FeatureSpec | dict, inner_steps: int = 1,
-                 inner_learning_rate: float = 0.1, first_order: bool = False, adapt_global_block: bool = False,
+                 inner_learning_rate: float = 0.5, first_order: bool = False, adapt_global_block: bool = False,
                  eval_steps: int | None = None, eval_learning_rate: float | None = None,
                  max_tasks_per_chunk: int | str | None = None, jit_inner_loop: bool | str = False,
                  support_dropout: float = 0.0, mixed_loss_weight: float = 0.0,
-                 learn_inner_learning_rate: bool = False, **kwargs):
+                 learn_inner_learning_rate: bool = False, inner_solver: str = "sgd", head_only: bool = False,
+                 ridge_l2: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.from_dict(spec)
         if isinstance(meta_block, dict):
@@ -131,9 +138,12 @@ class LiMAMLModel(MetaTrainer, keras.Model):
         self.support_dropout = float(support_dropout)
         self.mixed_loss_weight = non_negative_number("mixed_loss_weight", mixed_loss_weight)
         self.learn_inner_learning_rate = bool(learn_inner_learning_rate)
+        self.inner_solver, self.head_only, self._adapted_meta = inner_solver, bool(head_only), None
+        self.ridge = adaptation.RidgeL2(ridge_l2, name="ridge_l2") if inner_solver == "ridge" else None
         self._adapt_fns = Untracked()  # compiled adapt functions; not part of SavedModel exports
         dummy = self.encoder(self.spec.dummy_inputs(2))
         self.global_logits(dummy, self.embed(dummy))  # builds the blocks: the rates take their shapes
+        self._adapted_meta = adaptation.check_options(self, dummy)
         self.inner_rates = self._make_inner_rates() if self.learn_inner_learning_rate else None
         self(self.spec.dummy_inputs(2))  # creates every weight, so stateless calls and loading work
 
@@ -160,7 +170,7 @@ class LiMAMLModel(MetaTrainer, keras.Model):
     @property
     def network(self) -> maml.Network:
         return maml.Network(self.meta_block, self.global_block, self.adapt_global_block,
-                            _sample_loss(getattr(self, "loss", None)))
+                            _sample_loss(getattr(self, "loss", None)), self._adapted_meta)
 
     def _weights(self) -> maml.Weights:
         """Dense blocks' weights read once, outside pfor; a `TaskParameterizedMetaBlock` gets its
@@ -194,6 +204,9 @@ class LiMAMLModel(MetaTrainer, keras.Model):
         return self._adapt_and_score(encoded, steps, learning_rate, training, unadapted_loss, fallback)
 
     def _adapt_and_score(self, encoded, steps, learning_rate, training, unadapted_loss, fallback):
+        if self.ridge is not None:
+            return closed_form.adapt_and_score(self.network, self._weights(), encoded, steps, self.ridge.l2, training,
+                                               unadapted_loss)
         score = maml.adapt_and_score_definitions if is_multi(self.meta_block) else maml.adapt_and_score
         return score(self.network, self._weights(), encoded, steps, learning_rate, training, self.first_order,
                      unadapted_loss, fallback)
@@ -213,6 +226,9 @@ class LiMAMLModel(MetaTrainer, keras.Model):
         definition whose tasks these are. Returns [T, d] (d of that definition)."""
         self._check_definition(definition)
         dtype = self.variable_dtype
+        if self.ridge is not None:
+            return closed_form.meta_embeddings(self.network, self._weights(), (support, tf.cast(support_label, dtype),
+                                               tf.cast(support_mask, dtype)), latest, steps, self.ridge.l2, aggregation)
         task_id = self._task_ids(task_key, tf.shape(support_mask)[0])
         return maml.meta_embeddings(self.network, self._weights(),
                                     (support, tf.cast(support_label, dtype), tf.cast(support_mask, dtype)),
@@ -292,7 +308,8 @@ class LiMAMLModel(MetaTrainer, keras.Model):
             "eval_steps": self.eval_steps, "eval_learning_rate": self.eval_learning_rate,
             "max_tasks_per_chunk": self.max_tasks_per_chunk, "jit_inner_loop": self.jit_inner_loop,
             "support_dropout": self.support_dropout, "mixed_loss_weight": self.mixed_loss_weight,
-            "learn_inner_learning_rate": self.learn_inner_learning_rate,
+            "learn_inner_learning_rate": self.learn_inner_learning_rate, "inner_solver": self.inner_solver,
+            "head_only": self.head_only, **({"ridge_l2": self.ridge.initial} if self.ridge is not None else {}),
             "limaml_version": limaml_tf.__version__,
         }
 

@@ -9,7 +9,9 @@ import pytest
 import scipy.optimize
 import tensorflow as tf
 
+import limaml_tf as lt
 from limaml_tf import closed_form
+from limaml_tf import export as lt_export
 
 
 def _problem(seed=0, tasks=4, slots=7, k=3, padded=2):
@@ -114,3 +116,96 @@ def test_query_loss_gradient_through_the_solve_matches_finite_differences():
     fd = (query_loss_reference(base, factors, 0.8 + eps) - query_loss_reference(base, factors, 0.8 - eps)) / (2 * eps)
     assert float(d_l2) == pytest.approx(fd, rel=2e-3, abs=1e-5)
     assert d_b.numpy()[0, 4] == 0.0 and abs(fd) > 1e-3
+
+
+# -- through LiMAMLModel: training gradient, Algorithm 2b, the adapter export --------------------------
+
+def _ridge_model(spec, steps=1, factor_dim=2, **kw):
+    from conftest import tiny_blocks
+
+    meta, glob = tiny_blocks(spec, output_dim=3 + factor_dim)
+    glob = lt.FactorizedGlobalBlock(glob, spec.other_features, factor_dim=factor_dim, embedding_dim=2)
+    model = lt.LiMAMLModel(meta, glob, spec, inner_steps=steps, inner_solver="ridge", ridge_l2=0.6, **kw)
+    rng = np.random.default_rng(5)
+    for v in model.trainable_variables:  # non-trivial weights (so every term of the solve matters)
+        v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+    return model
+
+
+def _reference_delta(model, x, y):
+    """One task's δ by `_reference_newton`'s autodiff steps, written against the blocks (differentiable)."""
+    emb = model.meta_block(x)
+    base = tf.reshape(model.global_block({**x, "meta_embedding": emb}), [-1])
+    factors = model.global_block.item_factors(x)
+    l2 = tf.nn.softplus(model.ridge.raw)
+    delta = tf.zeros([factors.shape[-1]])
+    for _ in range(model.inner_steps):
+        with tf.GradientTape() as outer:
+            outer.watch(delta)
+            with tf.GradientTape() as inner:
+                inner.watch(delta)
+                value = _task_objective(delta, base, factors, y, tf.ones_like(y), l2)
+            grad = inner.gradient(value, delta)
+        delta = delta - tf.linalg.solve(outer.jacobian(grad, delta), grad[:, None])[:, 0]
+    return delta
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_ridge_model_gradient_matches_a_per_task_loop(synthetic, steps):
+    """The outer gradient of LiMAMLModel(inner_solver="ridge") — through the solve, to both blocks and λ —
+    against a per-task Python loop over real (unpadded) samples, with the Newton steps from autodiff."""
+    df, spec = synthetic
+    bundle = next(lt.split_tasks(df, spec, max_samples_per_task=30).batches(6))
+    assert (bundle["support_mask"].sum(1) < bundle["support_mask"].shape[1]).any()  # padded support slots
+    model = _ridge_model(spec, steps)
+    loss, grads, _, _ = model.compute_gradients(bundle)
+    encoded = model.encode_bundle(bundle)
+    with tf.GradientTape() as tape:
+        losses = []
+        for t in range(bundle["query_mask"].shape[0]):
+            n_s, n_q = (int(bundle[f"{s}_mask"][t].sum()) for s in ("support", "query"))
+            if not n_q:
+                continue
+            real = lambda name, n: {k: v[t, :n] for k, v in encoded[name].items()}  # noqa: E731
+            delta = _reference_delta(model, real("support", n_s), tf.cast(bundle["support_label"][t, :n_s], tf.float32))
+            q_x = real("query", n_q)
+            logits = (tf.reshape(model.global_block({**q_x, "meta_embedding": model.meta_block(q_x)}), [-1])
+                      + tf.linalg.matvec(model.global_block.item_factors(q_x), delta))
+            q_y = tf.cast(bundle["query_label"][t, :n_q], tf.float32)
+            losses.append(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=q_y, logits=logits)))
+        ref_loss = tf.add_n(losses) / len(losses)
+    ref_grads = tape.gradient(ref_loss, model.trainable_variables)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    paths = [v.path for v in model.trainable_variables]
+    assert any("ridge_l2" in p for p in paths)
+    for path, g, r in zip(paths, grads, ref_grads):
+        g, r = tf.convert_to_tensor(g), tf.convert_to_tensor(r)
+        np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=2e-3, atol=2e-5, err_msg=path)
+        assert float(tf.reduce_max(tf.abs(r))) > 0, f"{path}: no gradient reaches it"
+
+
+def test_ridge_adapter_export_gives_the_solved_embeddings(synthetic, tmp_path):
+    """Algorithm 2b with the closed-form solver, through the exported adapter SavedModel: [e, u0 + δ] of each
+    task's latest recent sample, δ from the per-task reference; a task with no recent sample: the prior."""
+    from beam_pipelines.adapter_handler import AdapterModelHandler, adapted_batches
+    from limaml_tf.tasks import recent_tasks
+
+    df, spec = synthetic
+    model = _ridge_model(spec, steps=2)
+    path = lt_export.export_adapter(model, str(tmp_path), "ridge", steps=2)
+    handler = AdapterModelHandler(path, tasks_per_batch=8)
+    loaded = handler.load_model()
+    tasks = recent_tasks(df, spec, 6)
+    results = [r for b in adapted_batches(tasks, 8) for r in handler.run_inference(b, loaded)]
+    got = np.concatenate([r.inference for r in results])
+    a = tasks.arrays
+    encoded = model.encode_samples({k: tf.constant(v) for k, v in a["support"].items()}, a["support_mask"].shape)
+    want = []
+    for t in range(len(a["task_key"])):
+        n = int(a["support_mask"][t].sum())
+        x = {k: v[t, :n] for k, v in encoded.items()}
+        delta = _reference_delta(model, x, tf.constant(a["support_label"][t, :n], tf.float32))
+        latest = model.meta_block({k: v[n - 1:n] for k, v in x.items()})[0]
+        want.append(latest.numpy() + np.concatenate([np.zeros(3), delta.numpy()]))
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-4, atol=1e-5)
+    assert np.abs(np.stack(want)[:, 3:] - got[:, 3:]).max() < 1e-4 and np.abs(got[:, 3:]).max() > 1e-3

@@ -17,10 +17,11 @@ def _bce(y, logits):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
 
 
-def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global=False):
+def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global=False, head=None):
     """Per-task Python loop: the MAML query loss (mean over tasks with a query sample) and its gradient.
     With `adapt_global`, the inner loop adapts the global block's weights too (entire-network MAML).
-    With Meta-SGD (`model.inner_rates`), each parameter steps by its own learned rate tensor."""
+    With Meta-SGD (`model.inner_rates`), each parameter steps by its own learned rate tensor. With
+    `head` (names of meta-block weights), only those weights take the inner steps (head-only, ANIL)."""
     meta_vars = model.meta_block.trainable_variables
     global_vars = model.global_block.trainable_variables
     encoded = model.encode_bundle(bundle)
@@ -56,7 +57,8 @@ def reference_meta_gradients(model, bundle, steps, lr, first_order, adapt_global
                 grads = [tf.convert_to_tensor(g) for g in inner.gradient(loss, params)]
                 if first_order:
                     grads = [tf.stop_gradient(g) for g in grads]
-                params = [p - r * g for p, r, g in zip(params, rates, grads)]
+                params = [p if head is not None and i < n_meta and meta_vars[i].path not in head else p - r * g
+                          for i, (p, r, g) in enumerate(zip(params, rates, grads))]
             losses.append(_bce(q_y, forward(params, q_x)))
         total = tf.add_n(losses) / len(losses)
     grads = outer.gradient(total, model.trainable_variables)
@@ -102,6 +104,22 @@ def test_entire_network_maml_matches_per_task_loop(synthetic, steps):
     assert _max_rel_err(grads, ref_grads) < 1e-4
     plain = reference_meta_gradients(model, bundle, steps, 0.7, False, adapt_global=False)[1]
     assert _max_rel_err(grads, plain) > 1e-3, "adapting the global block changed nothing"
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_head_only_adaptation_matches_per_task_loop(synthetic, steps):
+    """head_only=True (ANIL): the inner steps move the meta block's last layer only; the outer gradient
+    still reaches every weight, through the adapted head."""
+    bundle, spec = _bundle(synthetic)
+    model = _model(spec, steps, first_order=False, head_only=True)
+    head = {v.path for v in model.meta_block.head.trainable_variables}
+    assert 0 < len(head) < len(model.meta_block.trainable_variables)
+    loss, grads, _, _ = model.compute_gradients(bundle)
+    ref_loss, ref_grads = reference_meta_gradients(model, bundle, steps, 0.7, False, head=head)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    assert _max_rel_err(grads, ref_grads) < 1e-4
+    every_weight = reference_meta_gradients(model, bundle, steps, 0.7, False)[1]
+    assert _max_rel_err(grads, every_weight) > 1e-3, "head-only adaptation adapted every weight"
 
 
 @pytest.mark.parametrize("steps", [1, 2])

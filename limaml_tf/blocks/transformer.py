@@ -72,6 +72,11 @@ class TransformerMetaBlock(keras.layers.Layer):
         self.hidden = dense_layers(self.hidden_units, activation, "meta_hidden")
         self.out = keras.layers.Dense(output_dim, name="meta_embedding")
 
+    @property
+    def head(self):
+        """The last layer: what `LiMAMLModel(head_only=True)` adapts per task."""
+        return self.out
+
     def build(self, input_shape=None):
         pass  # sub-layers build on their first call (the model calls every block once at construction)
 
