@@ -5,7 +5,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 # pytest-xdist processes: one per core of the CI machine
 TEST_WORKERS ?= 2
 
-.PHONY: demo test bench
+.PHONY: demo test test-fast bench
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+# the edit-test loop: every test but those marked heavy (end-to-end runs, fresh processes), under 2 minutes
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not heavy" tests
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks

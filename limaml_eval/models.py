@@ -17,7 +17,10 @@ block can re-rank items, not only shift the user's bias), ``dot=True`` (the glob
 user x item term, the meta embedding dotted with an item tower's vector: `DotMLPGlobalBlock`),
 ``definitions=("user", "user_x_genre")`` (LiMAML with one MLP meta block per task definition — the
 user and the user x the movie's main genre; the data then carries both task keys,
-docs/task_definitions.md),
+docs/task_definitions.md), ``factor_dim=k`` (the global block is a `FactorizedGlobalBlock`: the MLP global block
+plus <u, item factors>, u the last k of the meta embedding, which then has meta_dim + k entries — what
+``inner_solver="ridge"`` solves per task in closed form; a `VanillaModel` with ``inner_solver="ridge"``
+fine-tunes by that solve at evaluation, λ fixed at ``ridge_l2``),
 ``meta_block="transformer"`` (the meta block is a `TransformerMetaBlock` over the user's previous ratings —
 the split then carries the sequence features, `Config.sequence_len` long — plus the MLP meta block's
 features; ``seq_dim`` / ``seq_heads`` / ``seq_layers`` size it), ``warm_start=E`` (handled by the runner: the
@@ -37,8 +40,8 @@ import keras
 
 import tensorflow as tf
 
-from limaml_tf.blocks import (FEATURES_PART, FeatureEmbedding, IDEmbeddingMetaBlock, MLPGlobalBlock, MLPMetaBlock,
-                              TransformerMetaBlock)
+from limaml_tf.blocks import (FEATURES_PART, FactorizedGlobalBlock, FeatureEmbedding, IDEmbeddingMetaBlock,
+                              MLPGlobalBlock, MLPMetaBlock, TransformerMetaBlock)
 from limaml_tf.model import LiMAMLModel
 from limaml_tf.movielens import mlp_meta_features
 from limaml_tf.spec import SEQUENCE_KINDS
@@ -46,7 +49,7 @@ from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")
 BLOCK_OPTIONS = ("dropout", "meta_dim", "meta_hidden", "global_hidden", "learning_rate", "history", "item_aware",
-                 "dot", "definitions", "meta_block", "seq_dim", "seq_heads", "seq_layers")
+                 "dot", "factor_dim", "definitions", "meta_block", "seq_dim", "seq_heads", "seq_layers")
 META_BLOCKS = ("mlp", "transformer")
 ITEM_FEATURES = ("movie_id", "genres", "release_year", "genre_affinity")  # what `item_aware` adds
 ITEM_TOWER_FEATURES = ("movie_id", "genres", "release_year")  # what `dot`'s item tower reads
@@ -214,6 +217,9 @@ def build(kind: str, spec, cfg, **options):
                                                                     "learning_rate"))
     meta_features, global_features = block_features(spec, bool(options.pop("history", True)),
                                                     bool(options.pop("item_aware", False)))
+    factor_dim = int(options.pop("factor_dim", 0))
+    if factor_dim:
+        meta_dim = meta_dim + factor_dim  # [e, u]: the MLP global block reads e, the item factors meet u
     meta_kind = options.pop("meta_block", "mlp")
     seq_sizes = {k: options.pop(f"seq_{k}", d) for k, d in (("dim", 16), ("heads", 2), ("layers", 1))}
     if meta_kind not in META_BLOCKS:
@@ -252,6 +258,9 @@ def build(kind: str, spec, cfg, **options):
                                  dropout=dropout)
     else:
         glob = MLPGlobalBlock(global_features, hidden_units=global_hidden, dropout=dropout)
+    if factor_dim:
+        items = tuple(f for f in spec.other_features if f.name in ITEM_TOWER_FEATURES)
+        glob = FactorizedGlobalBlock(glob, items, factor_dim=factor_dim)
     alpha = options.pop("inner_learning_rate", cfg.inner_learning_rate)
     common = dict(eval_steps=options.pop("eval_steps", getattr(cfg, "eval_steps", 1)), eval_learning_rate=alpha)
     cls = VanillaModel if kind in ("vanilla", "wd_id") else LiMAMLModel

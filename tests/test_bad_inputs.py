@@ -99,6 +99,7 @@ def test_reliability_doc_is_current():
         assert f.read() == bad_input_cases.render(), "docs/reliability.md is stale: run python -m tests.bad_input_cases"
 
 
+@pytest.mark.heavy
 def test_cli_error_is_one_line_without_traceback_in_a_real_process():
     proc = subprocess.run([sys.executable, "-m", "limaml_cli", "serve", "--saved-models", "/nonexistent"],
                           capture_output=True, text=True, timeout=120)

@@ -13,6 +13,8 @@ import pytest
 from limaml_tf import config as cf
 from limaml_cli import build_parser, main
 
+pytestmark = pytest.mark.heavy  # end-to-end / several processes: `make test`, not `make test-fast`
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 

@@ -40,6 +40,7 @@ def _dropout_model(spec, **kw):
     return lt.LiMAMLModel(meta, glob, spec, inner_steps=2, inner_learning_rate=0.5, **kw)
 
 
+@pytest.mark.heavy
 def test_dropout_is_identical_chunked_and_unchunked(synthetic):
     bundle, spec = _identical_tasks(synthetic)
     whole, chunked = _dropout_model(spec), _dropout_model(spec, max_tasks_per_chunk=2)
@@ -54,6 +55,7 @@ def test_dropout_is_identical_chunked_and_unchunked(synthetic):
         np.testing.assert_allclose(tf.convert_to_tensor(b), tf.convert_to_tensor(a), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.heavy
 def test_dropout_masks_differ_across_chunks(synthetic):
     """Task k of every chunk used to draw the same masks (the task index restarted per chunk)."""
     bundle, spec = _identical_tasks(synthetic)
@@ -125,6 +127,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_replicas_draw_different_masks(tmp_path):
     """Under MirroredStrategy every replica used to draw the same masks and hide the same supports."""
     out = subprocess.run([sys.executable, "-c", MIRRORED, HERE], capture_output=True, text=True, timeout=300,
@@ -177,6 +180,7 @@ def mixed_bfloat16():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.heavy
 def test_mixed_bfloat16_trains_close_to_float32(synthetic, mixed_bfloat16):
     """bfloat16 keeps 8 bits of mantissa (~2-3 significant digits): the gradient of a step in mixed
     precision must point the same way as in float32 (cosine > 0.98) with a norm within 10 %."""

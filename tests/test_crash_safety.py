@@ -21,6 +21,8 @@ from tests.background_runs import AS_OF, TRAIN_EPOCHS
 from conftest import CRASH_SEEDS
 from tests.serving_helpers import request_rows, tiny_model
 
+pytestmark = pytest.mark.heavy  # end-to-end / several processes: `make test`, not `make test-fast`
+
 SEEDS = CRASH_SEEDS  # kill points: write 6 of a run (inside the export), 19 (inside the refresh, before its run
 # is committed), 34 (inside the publish to Feast, rows written); training: the 2nd write after its first backup
 RUN_TAGS = tuple(run_tag(t) for t in AS_OF)

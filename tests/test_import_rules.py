@@ -166,6 +166,7 @@ def test_the_library_installs_without_the_harness_extras():
     assert '"eval": ["matplotlib' in extras and "scipy" in extras[:extras.index('"test"')]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("blocked", [False, True], ids=["keras-importable", "keras-blocked"])
 def test_worker_side_modules_import_neither_keras_nor_the_model(blocked):
     """Imported after TensorFlow (which imports Keras itself, see the module docstring), the worker-side
@@ -186,6 +187,7 @@ print(json.dumps({{"new_keras": sorted(set(keras_modules()) - set(before)), "ker
         assert out["keras_after_tf"] > 0, "TensorFlow no longer imports Keras by itself: update the docstrings"
 
 
+@pytest.mark.heavy
 def test_refresh_driver_imports_no_tensorflow():
     """The refresh driver (and the Keras-free library modules it reads the adapter with) imports no
     TensorFlow, which keeps the driver's memory small at scale
@@ -222,6 +224,7 @@ print(json.dumps({"keras_after_import_tf": len(after_tf), "keras_top_level": "ke
 """
 
 
+@pytest.mark.heavy
 def test_adapter_savedmodel_loads_and_runs_without_keras(tiny, tmp_path):  # noqa: F811
     model, spec, df = tiny
     path = export_adapter(model, str(tmp_path), "ranker", steps=2, learning_rate=0.3)

@@ -94,6 +94,7 @@ def test_vectorized_gradient_matches_per_task_loop(synthetic, steps, first_order
     assert _max_rel_err(grads, ref_grads) < 1e-4
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("steps", [1, 2])
 def test_entire_network_maml_matches_per_task_loop(synthetic, steps):
     bundle, spec = _bundle(synthetic)
@@ -155,6 +156,7 @@ def _as_tensors(bundle):
     return tf.nest.map_structure(lambda a: tf.constant(a.astype(str) if a.dtype == object else a), bundle)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("steps,adapt_global,options", [(1, False, {}), (3, False, {}), (2, True, {}),
                                                         (1, False, {"mixed_loss_weight": 0.7})],
                          ids=["n1", "n3", "entire-network-n2", "mixed-loss"])
@@ -189,6 +191,7 @@ def test_second_order_gradient_matches_finite_differences(synthetic, float64, st
     assert checked["meta"] >= 6 and checked["global"] >= 6, checked
 
 
+@pytest.mark.heavy
 def test_first_order_misses_what_finite_differences_see(synthetic, float64):
     """Second order must differ from first order on the meta block, and FD must side with second order."""
     bundle, spec = _bundle(synthetic, tasks=4, cap=10)

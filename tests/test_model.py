@@ -153,6 +153,7 @@ def test_id_embedding_block_adapts_only_its_row(synthetic):
     _fit(model, ts)
 
 
+@pytest.mark.heavy
 def test_meta_learning_beats_vanilla_on_planted_structure():
     """On the synthetic default each task's response depends on a hidden per-task vector that only its
     own samples reveal. Train on 300 users' training period; evaluate (adapt on the validation period,

@@ -20,6 +20,8 @@ from limaml_tf.feature_store import COLD_START_KEY, EmbeddingStore
 from limaml_tf.synthetic import DAY, make_synthetic
 from limaml_tf.tasks import paired_tasks
 
+pytestmark = pytest.mark.heavy  # end-to-end / several processes: `make test`, not `make test-fast`
+
 AS_OF = 40 * DAY
 DAYS = 20
 S, T = 8, 4  # samples kept per task, tasks per adapter batch

@@ -14,6 +14,8 @@ import pytest
 
 from benchmarks import refresh_stress as stress
 
+pytestmark = pytest.mark.heavy  # end-to-end / several processes: `make test`, not `make test-fast`
+
 CLEAN = {"refused": False, "lost": 0, "duplicated": 0, "changed": 0, "unexpected": 0}
 
 

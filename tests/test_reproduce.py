@@ -36,6 +36,7 @@ def test_report_numbers_are_gains_over_vanilla_mean_and_std():
     assert "+1.47%" in table3  # the paper's number beside ours
 
 
+@pytest.mark.heavy
 def test_tiny_end_to_end_run_and_merge(tmp_path):
     from limaml_tf.movielens import load_tasks_frame
 

@@ -81,6 +81,7 @@ def test_unknown_model_option_names_it():
     _check_model_options(LiMAMLModel, {"support_dropout": 0.5, "first_order": True})
 
 
+@pytest.mark.heavy
 def test_tiny_few_shot_run_through_the_cli_and_merge(tmp_path):
     from limaml_cli import main
 

@@ -153,6 +153,7 @@ def _seq_model(spec, **kw):
     return lt.LiMAMLModel(meta, glob, spec, inner_learning_rate=0.7, **kw)
 
 
+@pytest.mark.heavy
 def test_transformer_meta_gradient_matches_per_task_loop(seq_data):
     """Second order through attention, layer norm and the sequence embeddings, vectorized over tasks
     (n = 1; more steps run the same loop, tested with the MLP block in test_meta_gradients.py)."""

@@ -149,6 +149,7 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("which", ["exported", "exported_sequences"])
 def test_fresh_process_matches_keras(which, request, tmp_path):
     model, spec, df, _, path, adapter = request.getfixturevalue(which)
@@ -186,6 +187,7 @@ def test_fresh_process_matches_keras(which, request, tmp_path):
                   ).max() > 1e-4
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("which", ["exported", "exported_sequences"])
 def test_cpp_loader_runs_the_export(which, request, require_tool):
     require_tool(load_check.compiler(), "a C++ compiler (g++ / clang++, or $CXX)", "scripts/system_deps.sh")

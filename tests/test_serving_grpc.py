@@ -156,6 +156,7 @@ def test_serve_subcommand_is_registered():
     assert (args.command, args.saved_models, args.port) == ("serve", "x", 0)
 
 
+@pytest.mark.heavy
 def test_demo_serves_one_user_through_grpc(tmp_path, capsys, tiny):
     from limaml_cli.demo import export_models, serve_one_user
     from limaml_tf.tasks import time_split

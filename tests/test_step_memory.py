@@ -24,6 +24,7 @@ def test_chunk_settings_parse():
     assert [memory.tasks_within(b, 8) for b in (50, 125, 130, 10**6)] == [1, 2, 3, 8]
 
 
+@pytest.mark.heavy
 def test_memory_budget_chunks_give_the_unchunked_gradient(synthetic):
     """A budget that fits 3 of 6 tasks per chunk: 2 chunks, the same loss and gradient as one."""
     df, spec = synthetic

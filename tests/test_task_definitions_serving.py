@@ -18,6 +18,8 @@ from limaml_tf.serving.client import InMemoryEmbeddingStore
 from limaml_tf.synthetic import DAY
 from limaml_tf.tasks import recent_tasks
 
+pytestmark = pytest.mark.heavy  # end-to-end / several processes: `make test`, not `make test-fast`
+
 AS_OF, DAYS, S, T = 40 * DAY, 20, 8, 4
 DEFS = ("user", "user_x_type")
 

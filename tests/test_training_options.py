@@ -87,6 +87,7 @@ def test_tfrecord_reader_matches_taskset_dataset(tasks, tmp_path, cache):
         tf.nest.map_structure(lambda t: (t.shape, t.dtype), expected[0])
 
 
+@pytest.mark.heavy
 def test_xla_inner_loop_gives_the_same_gradients(tasks):
     spec = tasks.spec
     bundle = next(iter(tasks.dataset(8, shuffle=False)))
