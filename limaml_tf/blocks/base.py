@@ -34,6 +34,19 @@ def dense_layers(units, activation, name):
     return [keras.layers.Dense(u, activation=activation, name=f"{name}_{i}") for i, u in enumerate(units)]
 
 
+class DenseMetaBlock(keras.layers.Layer):
+    """What the dense meta blocks share (`MLPMetaBlock`, `TransformerMetaBlock`): their sub-layers build on
+    their first call, and their last layer `out` gives the meta embedding — the `head` that
+    `LiMAMLModel(head_only=True)` adapts per task (ANIL)."""
+
+    def build(self, input_shape=None):
+        pass  # sub-layers build on their first call (the model calls every block once at construction)
+
+    @property
+    def head(self):
+        return self.out
+
+
 class TaskParameterizedMetaBlock(keras.layers.Layer):
     """Base class of a meta block that adapts a small per-task tensor instead of all its weights.
 

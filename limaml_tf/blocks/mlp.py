@@ -7,12 +7,12 @@ import keras
 import tensorflow as tf
 
 from limaml_tf.api_export import limaml_export
-from limaml_tf.blocks.base import FEATURES_PART, GlobalBlockBase, dense_layers
+from limaml_tf.blocks.base import FEATURES_PART, DenseMetaBlock, GlobalBlockBase, dense_layers
 from limaml_tf.blocks.feature_embedding import FeatureEmbedding
 
 
 @limaml_export
-class MLPMetaBlock(keras.layers.Layer):
+class MLPMetaBlock(DenseMetaBlock):
     """Meta features -> MLP -> meta embedding of size `output_dim`.
 
     >>> import tensorflow as tf, limaml_tf as lt
@@ -30,14 +30,6 @@ class MLPMetaBlock(keras.layers.Layer):
         self.inputs_layer = FeatureEmbedding(features, embedding_dim, name="meta_inputs")
         self.hidden = dense_layers(self.hidden_units, activation, "meta_hidden")
         self.out = keras.layers.Dense(output_dim, name="meta_embedding")
-
-    @property
-    def head(self):
-        """The last layer: what `LiMAMLModel(head_only=True)` adapts per task."""
-        return self.out
-
-    def build(self, input_shape=None):
-        pass  # sub-layers build on their first call (the model calls every block once at construction)
 
     def call(self, inputs):
         x = self.inputs_layer(inputs)

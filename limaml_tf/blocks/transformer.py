@@ -7,13 +7,13 @@ import keras
 import tensorflow as tf
 
 from limaml_tf.api_export import limaml_export
-from limaml_tf.blocks.base import dense_layers
+from limaml_tf.blocks.base import DenseMetaBlock, dense_layers
 from limaml_tf.blocks.feature_embedding import FeatureEmbedding, as_features
 from limaml_tf.spec import SEQUENCE_KINDS
 
 
 @limaml_export
-class TransformerMetaBlock(keras.layers.Layer):
+class TransformerMetaBlock(DenseMetaBlock):
     """The task's previous interactions (sequence features) -> a transformer -> meta embedding.
 
     Each position j (the j-th most recent earlier interaction; see `limaml_tf.spec`) is the sum of
@@ -71,14 +71,6 @@ class TransformerMetaBlock(keras.layers.Layer):
         self.final_norm = keras.layers.LayerNormalization(name="final_norm")
         self.hidden = dense_layers(self.hidden_units, activation, "meta_hidden")
         self.out = keras.layers.Dense(output_dim, name="meta_embedding")
-
-    @property
-    def head(self):
-        """The last layer: what `LiMAMLModel(head_only=True)` adapts per task."""
-        return self.out
-
-    def build(self, input_shape=None):
-        pass  # sub-layers build on their first call (the model calls every block once at construction)
 
     def encode_sequence(self, inputs):
         """The sequence pooled over its real positions, [B, model_dim]."""
