@@ -3,6 +3,7 @@
 # user x item term; the plain model fine-tuned by SGD or by the closed-form solve) against the LiMAML
 # candidates (MAML steps, head-only, closed-form ridge, each with and without the mixed objective). One
 # directory per (protocol, seed); a directory whose results.json exists is skipped, so the script resumes.
+# LIMAML="python -m limaml_cli" runs the checkout it is started from (e.g. a git worktree at a fixed commit).
 #
 #   SEEDS="0 1" scripts/ml1m_explore.sh few-shot          # K = 10
 #   SEEDS="0 1" scripts/ml1m_explore.sh user-cold
@@ -25,5 +26,5 @@ V=(--models vanilla 'W&D-ID' LiMAML
 for s in ${SEEDS:-0 1}; do
   dir="$OUT/$P/seed$s"
   [ -f "$dir/results.json" ] && { echo "[skip] $dir"; continue; }
-  limaml reproduce --protocol "$P" "${COMMON[@]}" --seeds "$s" "${V[@]}" --out "$dir"
+  ${LIMAML:-limaml} reproduce --protocol "$P" "${COMMON[@]}" --seeds "$s" "${V[@]}" --out "$dir"
 done
