@@ -26,7 +26,8 @@ from beam_pipelines.runner import auto_buckets, beam_options, parse_as_of, run_a
 from beam_pipelines.shuffle import CheckAndBucket, concat_sorted, select
 from beam_pipelines.sinks import remove_temp
 from limaml_tf.artifacts import DEAD_LETTER_DIR, SUCCESS_FILE, atomic_directory, read_spec
-from limaml_tf.spec import FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import split_tasks
 from limaml_tf.tfrecords import check_one_definition, task_example, write_meta
 

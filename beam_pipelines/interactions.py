@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from limaml_tf.spec import LIST_KINDS, FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError, LIST_KINDS
+from limaml_tf.spec import FeatureSpec
 
 FORMATS = ("parquet", "tfrecord")
 # Rows per input batch: few, large elements (see docs/refresh.md#data-path-and-throughput-issue-11-parts-25).

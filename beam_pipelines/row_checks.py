@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from beam_pipelines.interactions import to_arrow
 from beam_pipelines.sinks import WriteShards
-from limaml_tf.spec import MAX_EPOCH_SECONDS, FeatureSpec
+from limaml_tf.raw_data import MAX_EPOCH_SECONDS
+from limaml_tf.spec import FeatureSpec
 
 DEAD_LETTER_COLUMNS = ("source", "reason", "row")
 

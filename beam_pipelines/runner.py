@@ -18,7 +18,7 @@ import pandas as pd
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines.interactions import list_files, parquet_metadata
-from limaml_tf.spec import FeatureError, check_seconds
+from limaml_tf.raw_data import FeatureError, check_seconds
 
 DAY = 86_400.0
 RUNNERS = {  # names users type -> what we run (never the Prism-first default DirectRunner)

@@ -49,7 +49,7 @@ def movielens_100k(path: str):
     the user's age / gender / occupation, other features = the movie's id and genres."""
     import pandas as pd
 
-    from limaml_tf.features import Feature, FeatureSpec
+    from limaml_tf.spec import Feature, FeatureSpec
 
     ratings = pd.read_csv(os.path.join(path, "u.data"), sep="\t", names=["user", "item", "rating", "timestamp"])
     users = pd.read_csv(os.path.join(path, "u.user"), sep="|", names=["user", "age", "gender", "occupation", "zip"])

@@ -44,7 +44,7 @@ from limaml_tf.blocks import (FEATURES_PART, FactorizedGlobalBlock, FeatureEmbed
                               MLPGlobalBlock, MLPMetaBlock, TransformerMetaBlock)
 from limaml_tf.model import LiMAMLModel
 from limaml_tf.movielens import mlp_meta_features
-from limaml_tf.spec import SEQUENCE_KINDS
+from limaml_tf.raw_data import SEQUENCE_KINDS
 from limaml_tf.vanilla import VanillaModel
 
 KINDS = ("vanilla", "wd_id", "maml", "limaml", "limaml_id")

@@ -59,7 +59,7 @@ def prepare(cfg: Config, frame: pd.DataFrame | None = None) -> Data:
 
 
 def _time_only_spec():
-    from limaml_tf.features import FeatureSpec
+    from limaml_tf.spec import FeatureSpec
     return FeatureSpec("task", "timestamp", "label", (), ())
 
 

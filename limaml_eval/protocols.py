@@ -38,7 +38,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from limaml_tf.features import FeatureSpec
+from limaml_tf.spec import FeatureSpec
 from limaml_tf.movielens import movielens_spec, require_clock, support_history, with_sequences
 from limaml_tf.tasks import TaskSet, paired_tasks, split_tasks, time_split
 
@@ -171,7 +171,7 @@ def user_cold(frame: pd.DataFrame, seed: int, cfg) -> Split:
 
 
 def time_protocol(frame: pd.DataFrame, seed: int, cfg) -> Split:
-    from limaml_tf.features import FeatureSpec as _Spec
+    from limaml_tf.spec import FeatureSpec as _Spec
 
     require_clock(frame, "--protocol time (a global time split)")
     stub = _Spec("task", "timestamp", "label", (), ())

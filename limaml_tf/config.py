@@ -24,7 +24,8 @@ import os
 
 import pandas as pd
 
-from limaml_tf.spec import FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import FeatureSpec
 
 
 class ConfigError(ValueError):

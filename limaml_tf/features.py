@@ -1,4 +1,4 @@
-"""The in-graph feature encoder built from the spec (`limaml_tf.spec`, re-exported here).
+"""The in-graph feature encoder built from the spec (`limaml_tf.spec`).
 
 The encoder turns *raw* values (floats, strings, lists of strings padded with
 "") into model-ready tensors inside the TensorFlow graph, so that a serving
@@ -20,11 +20,8 @@ import keras
 import tensorflow as tf
 
 from limaml_tf.api_export import limaml_export
-from limaml_tf.spec import (KINDS, MULTI_VALUE_SEPARATOR, Feature, FeatureError, FeatureSpec,  # noqa: F401
-                            multi_values_to_array)
-
-__all__ = ["KINDS", "MULTI_VALUE_SEPARATOR", "Feature", "FeatureEncoder", "FeatureError", "FeatureSpec",
-           "multi_values_to_array"]
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import Feature, FeatureSpec
 
 
 @limaml_export

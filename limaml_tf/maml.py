@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import keras
 import tensorflow as tf
 
-from limaml_tf.artifacts import AGGREGATIONS  # noqa: F401  (re-exported; the adapter config names one)
+from limaml_tf.artifacts import AGGREGATIONS
 from limaml_tf.blocks import FEATURES_PART, TaskParameterizedMetaBlock
 
 # A block may draw up to this many random tensors in one forward pass: Keras' SeedGenerator adds 1 to

@@ -27,11 +27,11 @@ from limaml_tf import adaptation, closed_form, distribute, maml
 from limaml_tf.api_export import limaml_export
 from limaml_tf.blocks import TaskParameterizedMetaBlock, check_no_batchnorm
 from limaml_tf.definitions import MetaBlocks, is_multi
-from limaml_tf.features import FeatureEncoder, FeatureSpec
+from limaml_tf.features import FeatureEncoder
+from limaml_tf.spec import FeatureSpec
 from limaml_tf.checks import check_saved_version, non_negative_int, non_negative_number
-from limaml_tf.trainer import XLA_ONE_STEP_MAX_SLOTS, MetaTrainer, Untracked  # noqa: F401 (re-exported)
+from limaml_tf.trainer import MetaTrainer, Untracked
 
-AGGREGATIONS = maml.AGGREGATIONS
 
 
 def _sample_loss(loss):

@@ -30,7 +30,8 @@ import pandas as pd
 
 from limaml_tf.artifacts import atomic_directory
 from limaml_tf.sequences import add_sequences
-from limaml_tf.spec import Feature, FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import Feature, FeatureSpec
 
 URLS = {
     "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",

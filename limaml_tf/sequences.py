@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from limaml_tf.api_export import limaml_export
-from limaml_tf.spec import FeatureError
+from limaml_tf.raw_data import FeatureError
 
 DAY = 86_400.0
 

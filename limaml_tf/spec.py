@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 
 from limaml_tf.api_export import limaml_export
-from limaml_tf.raw_data import (KINDS, LIST_KINDS, MAX_EPOCH_SECONDS, MULTI_VALUE_SEPARATOR,  # noqa: F401
-                                SEQUENCE_KINDS, FeatureError, check_seconds, multi_values_to_array, number_list,
+from limaml_tf.raw_data import (KINDS, LIST_KINDS, FeatureError, multi_values_to_array, number_list,
                                 numeric_sequence_to_array, validate_frame)
 
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: Beam drivers read specs without it

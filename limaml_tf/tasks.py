@@ -40,7 +40,8 @@ import pandas as pd
 
 from limaml_tf.api_export import limaml_export
 from limaml_tf.checks import positive_int
-from limaml_tf.spec import FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import FeatureSpec
 
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: Beam drivers read tasks without it
     import tensorflow as tf

@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from limaml_tf.artifacts import atomic_write_text
-from limaml_tf.spec import FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import FeatureSpec
 from limaml_tf.tasks import SETS, TaskSet, pad_task_count
 
 META_FILE = "tasks_meta.json"

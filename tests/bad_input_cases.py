@@ -262,7 +262,8 @@ def _nan_at(values, i=3):
 # -- the matrix ---------------------------------------------------------------------------------
 
 def _cases():
-    from limaml_tf.spec import ArtifactError, FeatureError, WriteError
+    from limaml_tf.raw_data import FeatureError
+    from limaml_tf.spec import ArtifactError, WriteError
 
     try:
         import grpc

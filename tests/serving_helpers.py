@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from limaml_tf import DCNGlobalBlock, LiMAMLModel, MLPMetaBlock, TransformerMetaBlock, make_synthetic
 from limaml_tf.sequences import add_sequences
-from limaml_tf.spec import SEQUENCE_KINDS, Feature
+from limaml_tf.raw_data import SEQUENCE_KINDS
+from limaml_tf.spec import Feature
 from limaml_tf.tasks import split_tasks
 
 DIM = 4

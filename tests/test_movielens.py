@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from limaml_tf.features import FeatureError
+from limaml_tf.raw_data import FeatureError
 from limaml_tf.movielens import (CLOCK_FEATURES, has_clock, interactions, load_movielens, load_tasks_frame,
                                  movielens_spec, with_sequences)
 from limaml_tf.tasks import paired_tasks, split_tasks, time_split

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from limaml_tf.features import Feature, FeatureEncoder, FeatureError, FeatureSpec
+from limaml_tf.features import FeatureEncoder
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import Feature, FeatureSpec
 from limaml_tf.tasks import split_tasks
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from limaml_tf.model import AGGREGATIONS
+from limaml_tf.artifacts import AGGREGATIONS
 from limaml_eval.paper_report import render_report
 from limaml_eval.paper import SLICES, TABLE3, TABLE4, Config
 from limaml_eval.paper_tables import merge, reproduce

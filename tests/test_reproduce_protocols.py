@@ -206,7 +206,7 @@ def test_dot_option_adds_an_exact_user_x_item_term(tiny_split):
 
     from limaml_tf.blocks import FEATURES_PART, MLPGlobalBlock
     from limaml_eval.models import DotMLPGlobalBlock, build
-    from limaml_tf.features import Feature
+    from limaml_tf.spec import Feature
 
     cfg, split = tiny_split
     glob = build("vanilla", split.spec, cfg, dot=True).global_block

@@ -13,7 +13,8 @@ import tensorflow as tf
 import limaml_tf as lt
 from limaml_tf.features import FeatureEncoder
 from limaml_tf.sequences import add_sequences, previous_rows
-from limaml_tf.spec import Feature, FeatureError, FeatureSpec
+from limaml_tf.raw_data import FeatureError
+from limaml_tf.spec import Feature, FeatureSpec
 from test_meta_gradients import _max_rel_err, reference_meta_gradients
 
 L = 4

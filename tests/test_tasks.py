@@ -142,6 +142,6 @@ def test_spec_round_trip_and_encoder(synthetic):
 
 
 def test_multi_valued_accepts_lists_and_strings():
-    from limaml_tf.features import multi_values_to_array
+    from limaml_tf.raw_data import multi_values_to_array
     out = multi_values_to_array(pd.Series([["a", "b"], "c|d|e|f", None, []]), 3)
     assert out.tolist() == [["a", "b", ""], ["c", "d", "e"], ["", "", ""], ["", "", ""]]

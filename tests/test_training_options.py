@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from limaml_tf import LiMAMLModel, MLPGlobalBlock, MLPMetaBlock, make_synthetic, split_tasks
-from limaml_tf.model import XLA_ONE_STEP_MAX_SLOTS
+from limaml_tf.trainer import XLA_ONE_STEP_MAX_SLOTS
 from limaml_tf.tfrecords import task_dataset, write_tasks
 from limaml_tf.training import make_optimizer, make_schedule, scaled_learning_rate
 

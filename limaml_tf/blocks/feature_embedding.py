@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from limaml_tf.api_export import limaml_export
-from limaml_tf.features import Feature
-from limaml_tf.spec import SEQUENCE_KINDS
+from limaml_tf.spec import Feature
+from limaml_tf.raw_data import SEQUENCE_KINDS
 
 
 def as_features(features) -> list[Feature]:

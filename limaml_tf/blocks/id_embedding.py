@@ -8,7 +8,7 @@ import tensorflow as tf
 from limaml_tf.api_export import limaml_export
 from limaml_tf.blocks.base import TaskParameterizedMetaBlock
 from limaml_tf.blocks.feature_embedding import as_features
-from limaml_tf.features import Feature
+from limaml_tf.spec import Feature
 
 
 @limaml_export

@@ -9,7 +9,7 @@ import tensorflow as tf
 from limaml_tf.api_export import limaml_export
 from limaml_tf.blocks.base import DenseMetaBlock, dense_layers
 from limaml_tf.blocks.feature_embedding import FeatureEmbedding, as_features
-from limaml_tf.spec import SEQUENCE_KINDS
+from limaml_tf.raw_data import SEQUENCE_KINDS
 
 
 @limaml_export

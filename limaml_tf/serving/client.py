@@ -29,7 +29,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from limaml_tf.artifacts import EMBEDDING_INPUT, OUTPUT, SERVING_SIGNATURE, read_serving_metadata, store_key
-from limaml_tf.spec import FeatureError, FeatureSpec, multi_values_to_array, numeric_sequence_to_array
+from limaml_tf.raw_data import FeatureError, multi_values_to_array, numeric_sequence_to_array
+from limaml_tf.spec import FeatureSpec
 
 
 class ServingError(FeatureError):
