@@ -210,3 +210,31 @@ def test_ridge_adapter_export_gives_the_solved_embeddings(synthetic, tmp_path):
         want.append(latest.numpy() + np.concatenate([np.zeros(3), delta.numpy()]))
     np.testing.assert_allclose(got, np.stack(want), rtol=1e-4, atol=1e-5)
     assert np.abs(got - np.stack(priors))[:, 3:].min() > 1e-4  # every task's vector moved from its prior
+
+
+@pytest.mark.heavy
+def test_ridge_model_served_from_its_embeddings_scores_as_in_training(synthetic, tmp_path):
+    """The product path of the closed-form solver: the adapter SavedModel embeds each task from its support
+    set, the serving SavedModel (global block only) scores its query rows with that embedding; equal to the
+    model's own adapted query probabilities (`adapt_and_predict`: adapt on support, score query), since the
+    synthetic tasks' meta features are constant per task."""
+    from limaml_tf.artifacts import EMBED_TASKS, SERVING_SIGNATURE, adapter_inputs
+
+    df, spec = synthetic
+    model = _ridge_model(spec, steps=1)
+    t = df[spec.timestamp].quantile(0.7)
+    bundle = next(lt.paired_tasks(df[df[spec.timestamp] <= t], df[df[spec.timestamp] > t], spec, max_support=16,
+                                  max_query=8).batches(8))
+    assert (bundle["support_mask"].sum(1) > 0).all()
+    want = model.adapt_and_predict(bundle, steps=1)
+    serving = tf.saved_model.load(lt_export.export_serving(model, str(tmp_path), "ridge", train_df=df))
+    adapter = tf.saved_model.load(lt_export.export_adapter(model, str(tmp_path), "ridge", steps=1))
+    emb = getattr(adapter, EMBED_TASKS)(adapter_inputs(bundle))["meta_embedding"].numpy()
+    tasks, slots = bundle["query_mask"].shape
+    rows = {k: tf.constant(np.reshape(v, (tasks * slots, *v.shape[2:]))) for k, v in bundle["query"].items()}
+    served = serving.signatures[SERVING_SIGNATURE](**rows, meta_embedding=tf.constant(np.repeat(emb, slots, 0)))
+    got = served["probability"].numpy().reshape(tasks, slots)
+    mask = bundle["query_mask"] > 0
+    np.testing.assert_allclose(got[mask], want[mask], rtol=1e-4, atol=1e-5)
+    unadapted = model.adapt_and_predict(bundle, steps=0)
+    assert np.abs(unadapted - want)[mask].max() > 1e-3  # the solve changed the scores the test compares
