@@ -124,6 +124,17 @@ def first_k(rows: pd.DataFrame, k: int, max_query: int):
     return rows[keep].reset_index(drop=True), is_support[keep]
 
 
+def first_k_episodes(rows: pd.DataFrame, support_sizes, cap: int, seed: int):
+    """Training tasks shaped like the few-shot evaluation ("train as you test"): per user, support = its
+    first k ratings, k drawn (by seed) from `support_sizes`, query = the next ratings up to `cap` in all."""
+    users = rows["task"].unique()
+    k_of = dict(zip(users, np.random.default_rng(seed).choice(np.asarray(support_sizes), len(users))))
+    pos, n = _positions(rows)
+    k = rows["task"].map(k_of).to_numpy()
+    keep = (pos < cap) & (n > k)  # users with a query
+    return rows[keep].reset_index(drop=True), (pos < k)[keep]
+
+
 def random_query(rows: pd.DataFrame, n_query: int, seed: int):
     """user-cold tasks: per user `n_query` ratings drawn at random (by seed) are the query."""
     draw = np.random.default_rng(seed).random(len(rows))
@@ -137,11 +148,17 @@ def _user_rows(frame: pd.DataFrame, users) -> pd.DataFrame:
 
 def few_shot(frame: pd.DataFrame, seed: int, cfg) -> Split:
     train_users, val_users, test_users = split_users(frame["task"].unique(), seed, cfg.user_fractions)
-    rows, is_support = chronological(_user_rows(frame, train_users), cfg.max_train_samples)
-    cap = cfg.max_train_samples or int(_positions(rows)[1].max())
-    s_len = max(int(np.floor(cap * 0.75)), 1)
-    train, spec, train_rows = _tasks(rows, is_support, None, s_len, cap - s_len, seq_len=sequence_len(cfg))
     k_max = max(cfg.support_sizes)
+    if getattr(cfg, "train_episodes", "recent") == "first-k":
+        cap = cfg.max_train_samples or int(frame.groupby("task").size().max())
+        rows, is_support = first_k_episodes(_user_rows(frame, train_users), cfg.support_sizes, cap, seed)
+        s_len, q_len = k_max, cap - min(cfg.support_sizes)
+    else:
+        rows, is_support = chronological(_user_rows(frame, train_users), cfg.max_train_samples)
+        cap = cfg.max_train_samples or int(_positions(rows)[1].max())
+        s_len = max(int(np.floor(cap * 0.75)), 1)
+        q_len = cap - s_len
+    train, spec, train_rows = _tasks(rows, is_support, None, s_len, q_len, seq_len=sequence_len(cfg))
     # the same users at every K: those with a query at the largest K (more than K_max ratings)
     val_users, test_users = (first_k(_user_rows(frame, u), k_max, cfg.max_query)[0]["task"].unique()
                              for u in (val_users, test_users))

@@ -31,6 +31,9 @@ class Config:
     support_sizes: tuple = (5, 10, 20)      # few-shot: K, the support ratings of a validation/test user
     user_fractions: tuple = (0.8, 0.1, 0.1)  # train / validation / test users
     max_train_samples: int = 100            # cap per training user (most recent kept)
+    # few-shot training tasks: "recent" (the paper's: a user's most recent ratings, 75 % support) or "first-k"
+    # (shaped like the evaluation: its first k ratings, k drawn from support_sizes, then the next ones)
+    train_episodes: str = "recent"
     max_query: int = 100                    # few-shot: query = the next <= max_query ratings
     user_cold_ratings: tuple = (13, 100)    # user-cold: users with this many ratings (inclusive)
     user_cold_query: int = 10               # user-cold: random query ratings per user
@@ -65,6 +68,8 @@ class Config:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
+        if self.train_episodes not in ("recent", "first-k"):
+            raise ValueError(f"train_episodes must be 'recent' or 'first-k', got {self.train_episodes!r}")
         if bad := set(self.sensitivity) - {"10", "12", "13"}:
             raise ValueError(f"unknown sensitivity table(s) {sorted(bad)}; choose from 10, 12, 13")
 

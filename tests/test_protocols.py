@@ -78,6 +78,23 @@ def test_few_shot_split(frame):
             <= np.where(a["query_mask"] > 0, a["query_time"], np.inf).min(1)).all()
 
 
+def test_first_k_training_episodes_are_shaped_like_the_evaluation(frame):
+    """train_episodes="first-k": each training user's support is its first k ratings (k one of the support
+    sizes), its query the next ones, at most max_train_samples in all; the evaluation tasks are unchanged."""
+    cfg = Config(support_sizes=(3, 5), max_query=8, max_train_samples=12, train_episodes="first-k")
+    s, plain = make_split("few-shot", frame, 0, cfg), make_split("few-shot", frame, 0, CFG)
+    a = s.train.arrays
+    sizes = a["support_mask"].sum(1)
+    assert set(sizes) == {3, 5} and ((sizes + a["query_mask"].sum(1)) == 12).all()
+    for key, times, q_times in zip(s.train.task_keys, _real(s.train, "support_time"), _real(s.train, "query_time")):
+        user = frame[frame["task"] == key].sort_values("timestamp", kind="stable")["timestamp"].to_numpy()
+        assert np.array_equal(times, user[:len(times)]) and np.array_equal(q_times, user[len(times):12])
+    assert set(s.train.task_keys) == set(plain.train.task_keys)
+    np.testing.assert_array_equal(s.test["K=3"].arrays["query_time"], plain.test["K=3"].arrays["query_time"])
+    with pytest.raises(ValueError, match="train_episodes"):
+        Config(train_episodes="random")
+
+
 def test_few_shot_is_deterministic_by_seed(frame):
     a, b, c = (make_split("few-shot", frame, seed, CFG) for seed in (0, 0, 1))
     assert list(a.test["K=5"].task_keys) == list(b.test["K=5"].task_keys)
