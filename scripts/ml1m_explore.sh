@@ -15,6 +15,8 @@ OUT=${OUT:-runs/ml1m}
 COMMON=(--dataset ml-1m --data-path "$DATA" --quick --epochs ${EPOCHS:-6} --tune-every 2 --ft-steps 1 3
         --ft-learning-rates 0.05 0.2 0.5 --verbose 0)
 [ "$P" = few-shot ] && COMMON+=(--support-size ${K:-10})
+# shellcheck disable=SC2206
+COMMON+=(${EXTRA:-})  # e.g. EXTRA="--train-episodes first-k"
 V=(--models vanilla 'W&D-ID' LiMAML
    --variant 'vanilla-dot!=vanilla:dot=True'
    --variant 'vanilla-fac!=vanilla:factor_dim=8'
