@@ -124,6 +124,13 @@ def first_k(rows: pd.DataFrame, k: int, max_query: int):
     return rows[keep].reset_index(drop=True), is_support[keep]
 
 
+def training_users(users, cfg):
+    """The first `cfg.train_user_fraction` of the (seed-permuted) training users: fewer training tasks, the
+    same validation and test users (the map's "number of training users" axis)."""
+    fraction = float(getattr(cfg, "train_user_fraction", 1.0))
+    return users[:max(int(round(fraction * len(users))), 1)]
+
+
 def first_k_episodes(rows: pd.DataFrame, support_sizes, cap: int, seed: int):
     """Training tasks shaped like the few-shot evaluation ("train as you test"): per user, support = its
     first k ratings, k drawn (by seed) from `support_sizes`, query = the next ratings up to `cap` in all."""
@@ -148,6 +155,7 @@ def _user_rows(frame: pd.DataFrame, users) -> pd.DataFrame:
 
 def few_shot(frame: pd.DataFrame, seed: int, cfg) -> Split:
     train_users, val_users, test_users = split_users(frame["task"].unique(), seed, cfg.user_fractions)
+    train_users = training_users(train_users, cfg)
     k_max = max(cfg.support_sizes)
     if getattr(cfg, "train_episodes", "recent") == "first-k":
         cap = cfg.max_train_samples or int(frame.groupby("task").size().max())
@@ -176,6 +184,7 @@ def user_cold(frame: pd.DataFrame, seed: int, cfg) -> Split:
     lo, hi = cfg.user_cold_ratings
     frame = frame[(counts >= lo) & (counts <= hi)].reset_index(drop=True)
     train_users, val_users, test_users = split_users(frame["task"].unique(), seed, cfg.user_fractions)
+    train_users = training_users(train_users, cfg)
     q, s_max = cfg.user_cold_query, hi - cfg.user_cold_query
     L = sequence_len(cfg)
     train, spec, train_rows = _tasks(*random_query(_user_rows(frame, train_users), q, seed), None, s_max, q, seq_len=L)

@@ -34,6 +34,7 @@ class Config:
     # few-shot training tasks: "recent" (the paper's: a user's most recent ratings, 75 % support) or "first-k"
     # (shaped like the evaluation: its first k ratings, k drawn from support_sizes, then the next ones)
     train_episodes: str = "recent"
+    train_user_fraction: float = 1.0        # train on this share of the training users (val / test unchanged)
     max_query: int = 100                    # few-shot: query = the next <= max_query ratings
     user_cold_ratings: tuple = (13, 100)    # user-cold: users with this many ratings (inclusive)
     user_cold_query: int = 10               # user-cold: random query ratings per user
@@ -68,6 +69,8 @@ class Config:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
+        if not 0 < self.train_user_fraction <= 1:
+            raise ValueError(f"train_user_fraction must be in (0, 1], got {self.train_user_fraction!r}")
         if self.train_episodes not in ("recent", "first-k"):
             raise ValueError(f"train_episodes must be 'recent' or 'first-k', got {self.train_episodes!r}")
         if bad := set(self.sensitivity) - {"10", "12", "13"}:

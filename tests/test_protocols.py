@@ -95,6 +95,15 @@ def test_first_k_training_episodes_are_shaped_like_the_evaluation(frame):
         Config(train_episodes="random")
 
 
+def test_a_share_of_the_training_users_keeps_the_evaluation_users(frame):
+    fewer = make_split("few-shot", frame, 0, Config(support_sizes=(3, 5), max_query=8, max_train_samples=12,
+                                                    train_user_fraction=0.25))
+    plain = make_split("few-shot", frame, 0, CFG)
+    assert len(fewer.train) == 8 and set(fewer.train.task_keys) < set(plain.train.task_keys)
+    assert list(fewer.test["K=3"].task_keys) == list(plain.test["K=3"].task_keys)
+    assert list(fewer.validation["K=5"].task_keys) == list(plain.validation["K=5"].task_keys)
+
+
 def test_few_shot_is_deterministic_by_seed(frame):
     a, b, c = (make_split("few-shot", frame, seed, CFG) for seed in (0, 0, 1))
     assert list(a.test["K=5"].task_keys) == list(b.test["K=5"].task_keys)
