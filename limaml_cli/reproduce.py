@@ -52,6 +52,9 @@ def _add_model_args(p):
     p.add_argument("--train-episodes", choices=["recent", "first-k"],
                    help="few-shot training tasks: recent (default: a user's most recent ratings, 75 %% support) or "
                         "first-k (like the evaluation: first k ratings, k drawn from --support-size, then the next)")
+    p.add_argument("--validation-only", action="store_true",
+                   help="explore: choose and score on validation users only, never touch the test users "
+                        "(writes results.json and validation.md, no report.md)")
     p.add_argument("--train-user-fraction", type=float,
                    help="train on this share of the training users (validation and test users unchanged)")
     p.add_argument("--support-dropout", type=float,
@@ -136,6 +139,7 @@ def generic_config(a):
         "epochs": a.epochs, "learning_rate": a.learning_rate, "inner_learning_rate": a.inner_learning_rate,
         "tasks_per_batch": a.tasks_per_batch, "support_dropout": a.support_dropout,
         "train_episodes": a.train_episodes, "train_user_fraction": a.train_user_fraction,
+        "validation_only": a.validation_only or None,
         "ft_steps": _tuple(a.ft_steps), "ft_learning_rates": _tuple(a.ft_learning_rates),
         "tune_every": a.tune_every, "sensitivity": _tuple(a.sensitivity)})
     return Config.quick(**overrides) if a.quick else Config(**overrides)

@@ -35,6 +35,7 @@ class Config:
     # (shaped like the evaluation: its first k ratings, k drawn from support_sizes, then the next ones)
     train_episodes: str = "recent"
     train_user_fraction: float = 1.0        # train on this share of the training users (val / test unchanged)
+    validation_only: bool = False           # explore: score no test user (results.json + validation.md only)
     max_query: int = 100                    # few-shot: query = the next <= max_query ratings
     user_cold_ratings: tuple = (13, 100)    # user-cold: users with this many ratings (inclusive)
     user_cold_query: int = 10               # user-cold: random query ratings per user
@@ -132,7 +133,8 @@ def _train_and_tune(variant, split, cfg: Config, seed: int, verbose: int, log):
     grid = fine_tune_grid(variant, cfg, model)
     records = tune(model, snaps, split.validation, grid, cfg, log)
     chosen = choose(records)
-    test = score_test(model, snaps, chosen, split.test, cfg, list(grid))
+    test = ({s: {} for s in split.test} if cfg.validation_only
+            else score_test(model, snaps, chosen, split.test, cfg, list(grid)))
     return records, chosen, test, snaps.seconds_per_epoch(), curve
 
 
@@ -155,7 +157,7 @@ def run_seed(cfg: Config, frame: pd.DataFrame, seed: int, verbose: int = 0, log=
         run["seconds"][variant.name], run["curves"][variant.name] = seconds, curve
         gc.collect()
     run["best_baseline"] = {s: best_baseline(run["chosen"][s], run["baseline_rows"]) for s in split.settings}
-    for setting in split.settings if run["rows"] else ():
+    for setting in split.settings if run["rows"] and not cfg.validation_only else ():
         scores = ", ".join(f"{r} {run['test'][setting][r]['auc']:.4f}" for r in run["rows"])
         log(f"[seed {seed}] {setting} test AUC: {scores}")
     if cfg.sensitivity:
@@ -172,6 +174,16 @@ def run(cfg: Config, outdir: str, command: str = "limaml reproduce", verbose: in
 
     frame = load_frame(cfg) if frame is None else frame
     runs = [run_seed(cfg, frame, seed, verbose, log) for seed in cfg.seeds]
+    if cfg.validation_only:  # no test user was scored: the validation table of every row, nothing else
+        from limaml_eval.candidates import write
+        from limaml_tf.artifacts import atomic_directory
+
+        with atomic_directory(outdir) as tmp:
+            with open(os.path.join(tmp, "results.json"), "w") as f:
+                json.dump({"protocol": cfg.protocol, "config": dataclasses.asdict(cfg), "commands": [command],
+                           "runs": runs}, f, indent=1)
+        log(f"[report] {write([outdir], outdir, command)} (validation users only)")
+        return {"runs": runs, "report": None, "target": TARGET}
     report = write_report(runs, cfg, outdir, [command])
     log(f"[report] {os.path.join(outdir, 'report.md')}")
     return {"runs": runs, "report": report, "target": TARGET}

@@ -13,7 +13,7 @@ P=$1
 DATA=${DATA:-../shared/data/ml-1m-ordered}
 OUT=${OUT:-runs/ml1m}
 COMMON=(--dataset ml-1m --data-path "$DATA" --quick --epochs ${EPOCHS:-6} --tune-every 2 --ft-steps 1 3
-        --ft-learning-rates 0.05 0.2 0.5 --verbose 0)
+        --ft-learning-rates 0.05 0.2 0.5 --verbose 0 --validation-only)
 [ "$P" = few-shot ] && COMMON+=(--support-size ${K:-10})
 # shellcheck disable=SC2206
 COMMON+=(${EXTRA:-})  # e.g. EXTRA="--train-episodes first-k"

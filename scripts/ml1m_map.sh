@@ -10,7 +10,7 @@ DATA=${DATA:-../shared/data/ml-1m-ordered}
 OUT=${OUT:-runs/ml1m-map}
 COMMON=(--protocol few-shot --dataset ml-1m --data-path "$DATA" --quick --epochs ${EPOCHS:-6} --tune-every 2
         --ft-steps 1 3 --ft-learning-rates 0.05 0.2 0.5 --support-size 5 10 20 50 --train-episodes first-k
-        --verbose 0)
+        --verbose 0 --validation-only)
 V=(--models vanilla 'W&D-ID' LiMAML
    --variant 'vanilla-fac!=vanilla:factor_dim=8'
    --variant 'mixed3-dot=limaml:mixed_loss_weight=3.0,dot=True'

@@ -115,6 +115,30 @@ def test_tiny_few_shot_run_through_the_cli_and_merge(tmp_path):
     assert "seed 1: " in (tmp_path / "all" / "report.md").read_text()
 
 
+@pytest.mark.heavy
+def test_validation_only_run_never_scores_a_test_user(tmp_path, monkeypatch):
+    """--validation-only (exploration): every row chosen and tabled on validation users; the test users are
+    never scored (score_test is not called) and nothing of them is written or logged."""
+    from limaml_cli import main
+    from limaml_eval import runner
+
+    def no_test(*args, **kwargs):
+        raise AssertionError("a test user was scored")
+
+    monkeypatch.setattr(runner, "score_test", no_test)
+    data = write_ml100k(tmp_path / "ml", extra_users=36, ratings_per_user=16)
+    out = tmp_path / "explore"
+    argv = ["reproduce", "--protocol", "few-shot", "--quick", "--data-path", str(data), "--support-size", "3",
+            "--models", "vanilla", "LiMAML", "--epochs", "1", "--ft-steps", "1", "--ft-learning-rates", "0.1",
+            "--tasks-per-batch", "8", "--seeds", "0", "--out", str(out), "--verbose", "0", "--validation-only"]
+    assert main(argv) == 0
+    assert sorted(os.listdir(out)) == ["results.json", "validation.md"]
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["test"] == {"K=3": {}} and set(run["chosen"]["K=3"]) == set(ROWS)
+    table = (out / "validation.md").read_text()
+    assert "| LiMAML+FT |" in table and "Test users are not read" in table
+
+
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory):
     from limaml_eval.protocols import make_split
