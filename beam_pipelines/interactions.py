@@ -27,7 +27,7 @@ from limaml_tf.raw_data import FeatureError, LIST_KINDS
 from limaml_tf.spec import FeatureSpec
 
 FORMATS = ("parquet", "tfrecord")
-# Rows per input batch: few, large elements (see docs/refresh.md#data-path-and-throughput-issue-11-parts-25).
+# Rows per input batch: few, large elements (see docs/refresh.md#data-path-and-throughput).
 BATCH_ROWS = 262_144
 
 

@@ -52,7 +52,7 @@ def stable_bucket(keys, num_buckets: int) -> np.ndarray:
 def to_ipc(table: pa.Table) -> bytes:
     """An Arrow table as IPC stream bytes, zstd-compressed: what crosses a shuffle (Beam's coder copies
     bytes as they are; FnApiRunner holds a GroupByKey's whole input in the driver, which zstd keeps
-    smaller, see docs/refresh.md#data-path-and-throughput-issue-11-parts-25)."""
+    smaller, see docs/refresh.md#data-path-and-throughput)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write_table(table)

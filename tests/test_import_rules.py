@@ -191,7 +191,7 @@ print(json.dumps({{"new_keras": sorted(set(keras_modules()) - set(before)), "ker
 def test_refresh_driver_imports_no_tensorflow():
     """The refresh driver (and the Keras-free library modules it reads the adapter with) imports no
     TensorFlow, which keeps the driver's memory small at scale
-    (see docs/refresh.md#data-path-and-throughput-issue-11-parts-25)."""
+    (see docs/refresh.md#data-path-and-throughput)."""
     out = run_fresh("""
 import beam_pipelines.refresh_embeddings, limaml_tf.spec, limaml_tf.tasks, limaml_tf.artifacts
 print(json.dumps(sorted(m for m in ("tensorflow", "keras") if m in sys.modules)))
