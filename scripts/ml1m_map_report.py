@@ -68,6 +68,7 @@ def main() -> None:
                     marker="o", capsize=3, label=f"{float(s[1:]):.0%} of the training users")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks([5, 10, 20, 50], ["5", "10", "20", "50"])
     ax.set_xlabel("support size K")
     ax.set_ylabel("best LiMAML − best baseline (AUC pts)")
