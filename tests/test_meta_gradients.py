@@ -107,7 +107,7 @@ def test_entire_network_maml_matches_per_task_loop(synthetic, steps):
     assert _max_rel_err(grads, plain) > 1e-3, "adapting the global block changed nothing"
 
 
-@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("steps", [2])
 def test_head_only_adaptation_matches_per_task_loop(synthetic, steps):
     """head_only=True (ANIL): the inner steps move the meta block's last layer only; the outer gradient
     still reaches every weight, through the adapted head."""
