@@ -24,6 +24,7 @@ import tensorflow as tf
 from limaml_eval import models
 from limaml_eval.paper import TABLE3, Config
 from limaml_eval.paper_report import write_report
+from limaml_tf import maml
 from limaml_tf.artifacts import AGGREGATIONS
 from limaml_tf.evaluation import auc_by_slice, predict_tasks
 from limaml_tf.movielens import load_tasks_frame, movielens_spec
@@ -113,7 +114,7 @@ def score_with_meta_embeddings(model, data: Data, aggregation: str, steps: int, 
                                     task_key=bundle["task_key"])
         mask = bundle["query_mask"] > 0
         t_, q_ = mask.shape
-        flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in enc["query"].items()}
+        flat = {k: maml.merge_task_slots(v) for k, v in enc["query"].items()}
         logits = model.global_logits(flat, tf.repeat(emb, q_, axis=0)).numpy().reshape(t_, q_)
         t, q = np.nonzero(mask)
         rows.append(pd.DataFrame({"task_key": bundle["task_key"][t], "label": bundle["query_label"][t, q],

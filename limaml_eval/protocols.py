@@ -197,10 +197,8 @@ def user_cold(frame: pd.DataFrame, seed: int, cfg) -> Split:
 
 
 def time_protocol(frame: pd.DataFrame, seed: int, cfg) -> Split:
-    from limaml_tf.spec import FeatureSpec as _Spec
-
     require_clock(frame, "--protocol time (a global time split)")
-    stub = _Spec("task", "timestamp", "label", (), ())
+    stub = FeatureSpec("task", "timestamp", "label", (), ())
     if sequence_len(cfg):  # causal over all of a user's ratings, as the history features of this protocol
         frame = with_sequences(frame, sequence_len(cfg))
     train_df, valid_df, test_df = time_split(frame, stub, cfg.quantiles)

@@ -53,9 +53,9 @@ def head_positions(meta_block) -> tuple[int, ...]:
     return positions
 
 
-def check_options(model, encoded) -> tuple[int, ...] | None:
-    """Checks `model.inner_solver` / `model.head_only` against its blocks (built on `encoded`); returns the
-    positions of the meta weights a task adapts (None: all of them)."""
+def check_options(model, meta_dim: int) -> tuple[int, ...] | None:
+    """Checks `model.inner_solver` / `model.head_only` against its built blocks (`meta_dim`: the width of
+    the meta embedding); returns the positions of the meta weights a task adapts (None: all of them)."""
     if model.inner_solver not in INNER_SOLVERS:
         raise ValueError(f"inner_solver must be one of {INNER_SOLVERS}, got {model.inner_solver!r}")
     special = model.inner_solver != "sgd" or model.head_only
@@ -67,6 +67,6 @@ def check_options(model, encoded) -> tuple[int, ...] | None:
         if model.head_only or model.first_order or model.learn_inner_learning_rate:
             raise ValueError("inner_solver='ridge' solves the task's vector exactly: head_only, first_order and "
                              "learn_inner_learning_rate do not apply; leave them at their defaults")
-        closed_form.check_network(model.network, int(model.embed(encoded).shape[-1]))
+        closed_form.check_network(model.network, meta_dim)
         return None
     return head_positions(model.meta_block) if model.head_only else None

@@ -44,15 +44,11 @@ def check_network(net: maml.Network, meta_dim: int | None = None) -> int:
     return int(factor_dim)
 
 
-def _flat(features):
-    return {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in features.items()}
-
-
 def network_outputs(net: maml.Network, weights: maml.Weights, features, seed, training):
     """The un-adapted network on every slot of `features` ([T, S, ...] encoded): (meta embeddings
     [T, S, d], logits [T, S], item factors [T, S, k])."""
     lead = tf.shape(next(iter(features.values())))[:2]
-    flat = _flat(features)
+    flat = {k: maml.merge_task_slots(v) for k, v in features.items()}
     emb = maml.call_block(net.meta_block, weights.meta, flat, seed, training)
     logits = maml.call_block(net.global_block, weights.global_, {**flat, "meta_embedding": emb}, seed, training)
     factors = maml.call_block_method(net.global_block, weights.global_, "item_factors", flat)

@@ -98,6 +98,11 @@ def call_block_method(block, params, method, *args):
         return getattr(block, method)(*args)
 
 
+def merge_task_slots(a):
+    """[T, S, ...] -> [T * S, ...]: the slots of every task as one batch (blocks run on it with shared weights)."""
+    return tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))
+
+
 def with_global_features_part(net: Network, weights: Weights, features):
     """`features` ([T, S, ...] encoded) plus the global block's `features_part`, computed once for all
     tasks and slots, outside the vectorized loop, when the block has one and is not adapted: its value
@@ -105,7 +110,7 @@ def with_global_features_part(net: Network, weights: Weights, features):
     if net.adapt_global_block or not callable(getattr(net.global_block, "features_part", None)):
         return features
     lead = tf.shape(next(iter(features.values())))[:2]
-    flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in features.items()}
+    flat = {k: merge_task_slots(v) for k, v in features.items()}
     part = call_block_method(net.global_block, weights.global_, "features_part", flat)
     return {**features, FEATURES_PART: tf.reshape(part, tf.concat([lead, tf.shape(part)[1:]], 0))}
 
@@ -325,11 +330,6 @@ def _subtasks(encoded, definition: str):
     return index, tf.ones_like(s_m)[:, None, :], tf.zeros(tf.shape(q_m), tf.int32)
 
 
-def _flatten2(a):
-    """[T, M, ...] -> [T * M, ...]."""
-    return tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))
-
-
 def adapt_and_score_definitions(net: Network, weights: Weights, encoded, steps: int, learning_rate, training=False,
                                 first_order=False, unadapted_loss=False, fallback_to_while_loop=False) -> dict:
     """`adapt_and_score` with several task definitions (`MetaBlocks`).
@@ -346,15 +346,15 @@ def adapt_and_score_definitions(net: Network, weights: Weights, encoded, steps: 
     for i, d in enumerate(net.meta_block.names):
         index, sub_mask, q_index = _subtasks(encoded, d)
         m = tf.shape(index)[1]
-        gather = lambda a: _flatten2(tf.gather(a, index, batch_dims=1))  # noqa: E731  [T, S, ...] -> [T*M, R, ...]
+        gather = lambda a: merge_task_slots(tf.gather(a, index, batch_dims=1))  # noqa: E731  [T, S, ...] -> [T*M, R, ...]
         sub_support = (tf.nest.map_structure(gather, support[0]), gather(support[1]),
-                       gather(support[2]) * _flatten2(tf.cast(sub_mask, support[2].dtype)))
-        repeat = lambda a: _flatten2(tf.repeat(a[:, None], m, axis=1))  # noqa: E731  [T, ...] -> [T*M, ...]
+                       gather(support[2]) * merge_task_slots(tf.cast(sub_mask, support[2].dtype)))
+        repeat = lambda a: merge_task_slots(tf.repeat(a[:, None], m, axis=1))  # noqa: E731  [T, ...] -> [T*M, ...]
         sub_query = tf.nest.map_structure(repeat, q_x)
         # distinct random streams per (task, definition, sub-task); the primary's are the task's own
         primary = d not in encoded.get("subtask_query_index", {})
         offset = tf.zeros([m], tf.int64) if primary else tf.cast(i * 4096 + 1 + tf.range(m), tf.int64) * (1 << 32)
-        sub_seeds = _flatten2(seeds[:, None, :] + tf.stack([tf.zeros_like(offset), offset], 1)[None])
+        sub_seeds = merge_task_slots(seeds[:, None, :] + tf.stack([tf.zeros_like(offset), offset], 1)[None])
         block = net.meta_block.blocks[d]
 
         def one_subtask(elems, d=d, block=block):

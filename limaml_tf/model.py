@@ -142,8 +142,9 @@ class LiMAMLModel(MetaTrainer, keras.Model):
         self.ridge = adaptation.RidgeL2(ridge_l2, name="ridge_l2") if inner_solver == "ridge" else None
         self._adapt_fns = Untracked()  # compiled adapt functions; not part of SavedModel exports
         dummy = self.encoder(self.spec.dummy_inputs(2))
-        self.global_logits(dummy, self.embed(dummy))  # builds the blocks: the rates take their shapes
-        self._adapted_meta = adaptation.check_options(self, dummy)
+        embedding = self.embed(dummy)
+        self.global_logits(dummy, embedding)  # builds the blocks: the rates take their shapes
+        self._adapted_meta = adaptation.check_options(self, int(embedding.shape[-1]))
         self.inner_rates = self._make_inner_rates() if self.learn_inner_learning_rate else None
         self(self.spec.dummy_inputs(2))  # creates every weight, so stateless calls and loading work
 

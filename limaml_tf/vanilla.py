@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from limaml_tf import distribute
+from limaml_tf import distribute, maml
 from limaml_tf.api_export import limaml_export
 from limaml_tf.model import LiMAMLModel
 from limaml_tf.tasks import SETS
@@ -38,7 +38,7 @@ class VanillaModel(LiMAMLModel):
         total, logits = 0.0, None
         for name in SETS:
             mask = chunk[f"{name}_mask"]
-            flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in chunk[name].items()}
+            flat = {k: maml.merge_task_slots(v) for k, v in chunk[name].items()}
             out = self.global_logits(flat, self.embed(flat, training), training)
             per_sample = self.network.sample_loss(tf.cast(tf.reshape(chunk[f"{name}_label"], [-1]), tf.float32),
                                                   tf.cast(out, tf.float32))
